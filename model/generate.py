@@ -1,0 +1,134 @@
+"""Decoding with a KV cache: greedy, temperature / top-k / top-p sampling, and beam search.
+
+The prefix (if any) seeds the cache, so every generated token attends to it exactly as in training.
+Prompts of different lengths are left-padded and described by an attention mask.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from model.cache import KV, KVCache
+
+
+@torch.no_grad()
+def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | None = None,
+             attention_mask: Tensor | None = None, positions_from_zero: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             banned_ids: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
+    """Continue each row of idx (B, T) by up to max_new_tokens; temperature 0 means greedy.
+
+    Returns the new tokens (B, n). A row that produced eos_id is filled with eos_id afterwards, and decoding
+    stops once every row has.
+    """
+    B = idx.size(0)
+    cache = KVCache.start(B, prefix, positions_from_zero, device=idx.device)
+    logits, _ = model(idx, attention_mask=attention_mask, cache=cache, last_only=True)
+    finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    out = []
+    for _ in range(max_new_tokens):
+        scores = logits[:, -1].float()
+        scores[:, list(banned_ids)] = float("-inf")
+        token = next_token(scores, temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        out.append(token)
+        if eos_id is not None and finished.all():
+            break
+        logits, _ = model(token[:, None], cache=cache)
+    return torch.stack(out, 1) if out else idx.new_zeros(B, 0)
+
+
+def next_token(scores: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+               generator: torch.Generator | None = None) -> Tensor:
+    """One token per row from (B, vocab) scores: argmax at temperature 0, else a sample."""
+    if temperature == 0:
+        return scores.argmax(-1)
+    scores = scores / temperature
+    if top_k is not None:  # keep the k most likely tokens
+        kth = scores.topk(min(top_k, scores.size(-1)), dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None:  # keep the smallest set whose probability reaches top_p (the nucleus)
+        sorted_scores, order = scores.sort(-1, descending=True)
+        before = sorted_scores.softmax(-1).cumsum(-1) - sorted_scores.softmax(-1)  # mass of the better tokens
+        drop = (before >= top_p).scatter(-1, order, before >= top_p)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_id: int,
+                prefix: Sequence[KV] | None = None, attention_mask: Tensor | None = None,
+                positions_from_zero: bool = False, length_penalty: float = 1.0,
+                banned_ids: Sequence[int] = ()) -> list[list[int]]:
+    """The best continuation of each row of idx (B, T), without its eos, by beam search.
+
+    A hypothesis scores sum(log p) / n ** length_penalty over its n generated tokens (eos included). Each step
+    keeps the num_beams best live beams of every row; a row is done once it holds num_beams finished
+    hypotheses and its best live beam can no longer beat the worst of them at the current length.
+    """
+    B, V = idx.size(0), model.config.vocab_size
+    rows = torch.arange(B, device=idx.device).repeat_interleave(num_beams)  # row b's beams sit together
+    if prefix is not None:
+        prefix = [(k if k.size(0) == 1 else k[rows], v if v.size(0) == 1 else v[rows]) for k, v in prefix]
+    cache = KVCache.start(B * num_beams, prefix, positions_from_zero, device=idx.device)
+    mask = None if attention_mask is None else attention_mask[rows]
+    logits, _ = model(idx[rows], attention_mask=mask, cache=cache, last_only=True)
+
+    beam_scores = torch.zeros(B, num_beams, device=idx.device)
+    beam_scores[:, 1:] = float("-inf")  # all beams start equal: expand only the first
+    beam_tokens: list[list[int]] = [[] for _ in range(B * num_beams)]
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (score, tokens), best first
+    done = [False] * B
+    for step in range(1, max_new_tokens + 1):
+        logp = F.log_softmax(logits[:, -1].float(), dim=-1)
+        logp[:, list(banned_ids)] = float("-inf")
+        candidates = (beam_scores.view(-1, 1) + logp).view(B, num_beams * V)
+        top_scores, top_ids = candidates.topk(2 * num_beams, dim=1)  # 2x, so eos candidates can't starve the beams
+        top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
+
+        next_rows, next_tokens, next_scores = [], [], []
+        for b in range(B):
+            kept = []
+            for rank, (score, flat) in enumerate(zip(top_scores[b], top_ids[b])):
+                row, token = b * num_beams + flat // V, flat % V
+                if done[b] or len(kept) == num_beams:
+                    break
+                if token == eos_id:
+                    if rank < num_beams:
+                        _add(finished[b], score / step ** length_penalty, beam_tokens[row], num_beams)
+                else:
+                    kept.append((row, token, score))
+            while len(kept) < num_beams:  # a done row (or one out of candidates) carries inert beams
+                kept.append((b * num_beams, eos_id, float("-inf")))
+            for row, token, score in kept:
+                next_rows.append(row), next_tokens.append(token), next_scores.append(score)
+            best_live = max(s for _, _, s in kept)
+            done[b] = done[b] or (len(finished[b]) == num_beams
+                                  and finished[b][-1][0] >= best_live / step ** length_penalty)
+        beam_tokens = [beam_tokens[r] + [t] for r, t in zip(next_rows, next_tokens)]
+        beam_scores = torch.tensor(next_scores, device=idx.device).view(B, num_beams)
+        if all(done) or step == max_new_tokens:
+            break
+        cache.reorder(torch.tensor(next_rows, device=idx.device))
+        logits, _ = model(torch.tensor(next_tokens, device=idx.device)[:, None], cache=cache)
+
+    for b in range(B):  # rows cut off by max_new_tokens: their live beams compete as they are
+        if not done[b]:
+            for j in range(num_beams):
+                score = beam_scores[b, j].item()
+                if score > float("-inf"):
+                    _add(finished[b], score / len(beam_tokens[b * num_beams + j]) ** length_penalty,
+                         beam_tokens[b * num_beams + j], num_beams)
+    return [hyps[0][1] if hyps else [] for hyps in finished]
+
+
+def _add(hyps: list[tuple[float, list[int]]], score: float, tokens: list[int], capacity: int) -> None:
+    """Insert a finished hypothesis, keeping the best `capacity` of them, best first."""
+    hyps.append((score, list(tokens)))
+    hyps.sort(key=lambda h: -h[0])
+    del hyps[capacity:]

@@ -1,0 +1,105 @@
+"""GPT.from_pretrained: Hugging Face GPT-2 checkpoints (hub names or local directories) into our GPT."""
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from common.download import download
+from common.errors import UserError
+from common.files import cache_dir
+from model import safetensors
+from model.gpt import GPTConfig
+
+HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+HUB_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # old saves' causal-mask buffers, not weights
+
+
+def load_pretrained(cls, name_or_dir: str, cache_root=None):
+    directory = checkpoint_dir(name_or_dir, cache_root)
+    model = cls(read_config(directory))
+    load_hub_state(model, read_weights(directory), source=directory)
+    return model.eval()
+
+
+def checkpoint_dir(name_or_dir: str, cache_root=None) -> Path:
+    """A directory holding the checkpoint: the one given, or the hub's files fetched once into the cache.
+
+    cache_root (or $PREFIX_TUNING_CACHE) moves the cache; $HF_ENDPOINT moves the hub, as its clients allow.
+    """
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
+    if name_or_dir not in HUB_NAMES:
+        raise UserError(f"{name_or_dir!r} is neither a checkpoint directory nor one of {', '.join(HUB_NAMES)}")
+    target = Path(cache_root, name_or_dir) if cache_root else cache_dir("models", name_or_dir)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    hint = (f"without a network, download {', '.join(HUB_FILES)} of {name_or_dir} elsewhere and pass "
+            f"their directory instead (e.g. --init_from path/to/{name_or_dir}), or copy them into {target}")
+    for file in HUB_FILES:
+        download(f"{endpoint}/{name_or_dir}/resolve/main/{file}", target / file, f"{name_or_dir} {file}", hint)
+    return target
+
+
+def read_config(directory: Path) -> GPTConfig:
+    path = directory / "config.json"
+    try:
+        hf = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{directory} has no config.json; a GPT-2 checkpoint directory holds config.json and "
+                        f"model.safetensors (or pytorch_model.bin)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON; fetch the checkpoint again") from None
+    if hf.get("model_type") != "gpt2":
+        raise UserError(f"{path} describes a {hf.get('model_type')!r} model, not GPT-2 (model_type 'gpt2')")
+    unsupported = [k for k, bad in [("activation_function", hf.get("activation_function", "gelu_new")
+                                     not in ("gelu_new", "gelu_pytorch_tanh")),
+                                    ("scale_attn_weights", hf.get("scale_attn_weights", True) is not True),
+                                    ("scale_attn_by_inverse_layer_idx", hf.get("scale_attn_by_inverse_layer_idx")),
+                                    ("add_cross_attention", hf.get("add_cross_attention"))] if bad]
+    if unsupported:
+        raise UserError(f"{path} sets {', '.join(unsupported)} to values this GPT-2 does not implement")
+    return GPTConfig(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], vocab_size=hf["vocab_size"],
+                     block_size=hf["n_positions"], n_inner=hf.get("n_inner"),
+                     layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, from model.safetensors or else pytorch_model.bin (never unpickling code)."""
+    if (directory / "model.safetensors").exists():
+        return safetensors.load_file(directory / "model.safetensors")
+    path = directory / "pytorch_model.bin"
+    if not path.exists():
+        raise UserError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises a zoo of types for a damaged archive
+        raise UserError(f"{path} could not be read ({type(e).__name__}); it may be truncated: "
+                        f"delete it and fetch it again") from None
+
+
+def load_hub_state(model, state: dict[str, torch.Tensor], source) -> None:
+    """Copy Hugging Face GPT-2 tensors into our GPT.
+
+    Keys may or may not start with "transformer."; Conv1D weights are stored (in, out) and are transposed
+    to nn.Linear's (out, in); the LM head is tied to wte, so a stored lm_head.weight is redundant.
+    """
+    ours = {}
+    for key, tensor in state.items():
+        name = key.removeprefix("transformer.")
+        if MASK_BUFFER.fullmatch(name) or name == "lm_head.weight":
+            continue
+        ours["transformer." + name] = tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
+    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    missing, unexpected = sorted(expected.keys() - ours.keys()), sorted(ours.keys() - expected.keys())
+    if missing or unexpected:
+        raise UserError(f"{source} is not a GPT-2 checkpoint of its config's shape "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    wrong = [k for k in expected if expected[k].shape != ours[k].shape]
+    if wrong:
+        raise UserError(f"{source}: {wrong[0]} has shape {tuple(ours[wrong[0]].shape)}, its config implies "
+                        f"{tuple(expected[wrong[0]].shape)}")
+    model.load_state_dict(ours, strict=False)
