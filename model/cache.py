@@ -41,8 +41,12 @@ class KVCache:
         return self.layers[0][0].size(2) if self.layers else 0
 
     def reorder(self, rows: Tensor) -> None:
-        """Keep the given rows, in that order (beam search reshuffles its beams this way)."""
-        self.layers = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.layers]
+        """Keep the given rows, in that order, repeats allowed (beam search copies and reshuffles its beams).
+
+        A layer of batch size 1 is shared by every row (a broadcast prefix) and stays as it is.
+        """
+        pick = lambda t: t if t.size(0) == 1 else t.index_select(0, rows)
+        self.layers = [(pick(k), pick(v)) for k, v in self.layers]
         if self.key_mask is not None:
             self.key_mask = self.key_mask.index_select(0, rows)
         self.next_position = self.next_position.index_select(0, rows)

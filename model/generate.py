@@ -16,16 +16,17 @@ from model.cache import KV, KVCache
 
 @torch.no_grad()
 def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | None = None,
-             attention_mask: Tensor | None = None, positions_from_zero: bool = False, temperature: float = 1.0,
+             cache: KVCache | None = None, attention_mask: Tensor | None = None, positions_from_zero: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              banned_ids: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
     """Continue each row of idx (B, T) by up to max_new_tokens; temperature 0 means greedy.
 
+    The prefix seeds the KV cache; or pass a `cache` that already holds whatever comes before idx.
     Returns the new tokens (B, n). A row that produced eos_id is filled with eos_id afterwards, and decoding
     stops once every row has.
     """
     B = idx.size(0)
-    cache = KVCache.start(B, prefix, positions_from_zero, device=idx.device)
+    cache = cache or KVCache.start(B, prefix, positions_from_zero, device=idx.device)
     logits, _ = model(idx, attention_mask=attention_mask, cache=cache, last_only=True)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     out = []
@@ -62,7 +63,7 @@ def next_token(scores: Tensor, temperature: float, top_k: int | None, top_p: flo
 
 @torch.no_grad()
 def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_id: int,
-                prefix: Sequence[KV] | None = None, attention_mask: Tensor | None = None,
+                prefix: Sequence[KV] | None = None, cache: KVCache | None = None, attention_mask: Tensor | None = None,
                 positions_from_zero: bool = False, length_penalty: float = 1.0,
                 banned_ids: Sequence[int] = ()) -> list[list[int]]:
     """The best continuation of each row of idx (B, T), without its eos, by beam search.
@@ -72,10 +73,9 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
     hypotheses and its best live beam can no longer beat the worst of them at the current length.
     """
     B, V = idx.size(0), model.config.vocab_size
+    cache = cache or KVCache.start(B, prefix, positions_from_zero, device=idx.device)
     rows = torch.arange(B, device=idx.device).repeat_interleave(num_beams)  # row b's beams sit together
-    if prefix is not None:
-        prefix = [(k if k.size(0) == 1 else k[rows], v if v.size(0) == 1 else v[rows]) for k, v in prefix]
-    cache = KVCache.start(B * num_beams, prefix, positions_from_zero, device=idx.device)
+    cache.reorder(rows)
     mask = None if attention_mask is None else attention_mask[rows]
     logits, _ = model(idx[rows], attention_mask=mask, cache=cache, last_only=True)
 

@@ -38,7 +38,7 @@ def checkpoint_dir(name_or_dir: str, cache_root=None) -> Path:
     target = Path(cache_root, name_or_dir) if cache_root else cache_dir("models", name_or_dir)
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     hint = (f"without a network, download {', '.join(HUB_FILES)} of {name_or_dir} elsewhere and pass "
-            f"their directory instead (e.g. --init_from path/to/{name_or_dir}), or copy them into {target}")
+            f"their directory instead (--init_from path/to/{name_or_dir}), or copy them into {target}")
     for file in HUB_FILES:
         download(f"{endpoint}/{name_or_dir}/resolve/main/{file}", target / file, f"{name_or_dir} {file}", hint)
     return target

@@ -23,13 +23,8 @@ def load_file(path) -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors file; a truncated or malformed file is a UserError."""
     path = Path(path)
     buffer = bytearray(path.read_bytes())  # writable, so torch can view it without copying
-    try:
-        (header_len,) = struct.unpack("<Q", buffer[:8])
-        header = json.loads(buffer[8:8 + header_len])
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{path} is not a safetensors file (or is truncated); delete it and fetch it again") from None
+    header, data_start = _header(path, buffer)
     header.pop("__metadata__", None)
-    data_start = 8 + header_len
     tensors = {}
     for name, info in header.items():
         begin, end = info["data_offsets"]
@@ -40,6 +35,23 @@ def load_file(path) -> dict[str, torch.Tensor]:
             if end > begin else torch.empty(0, dtype=torch.uint8)
         tensors[name] = raw.view(DTYPES[info["dtype"]]).reshape(info["shape"])
     return tensors
+
+
+def load_metadata(path) -> dict[str, str]:
+    """The free-form string metadata stored in a .safetensors header."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        return _header(Path(path), head + f.read(min(length, 100_000_000)))[0].get("__metadata__", {})
+
+
+def _header(path: Path, buffer) -> tuple[dict, int]:
+    """The parsed JSON header and the offset where the tensor bytes start."""
+    try:
+        (header_len,) = struct.unpack("<Q", buffer[:8])
+        return json.loads(buffer[8:8 + header_len]), 8 + header_len
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path} is not a safetensors file (or is truncated); delete it and fetch it again") from None
 
 
 def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> None:

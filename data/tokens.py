@@ -1,0 +1,84 @@
+"""The token layout the paper trains on, ` {table} <|endoftext|> {text} <|endoftext|>` with the loss on the
+text and its final <|endoftext|>, and a compact store of such sequences that hands out padded batches."""
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import tiktoken
+import torch
+
+IGNORE_INDEX = -100  # cross_entropy's default ignore_index: targets that carry no loss
+
+
+def prompt_ids(tokenizer: tiktoken.Encoding, table: str) -> list[int]:
+    """The decoding prompt ` {table} <|endoftext|>`: the training sequence up to and including its first EOT."""
+    return _segment(tokenizer, table)
+
+
+def _segment(tokenizer: tiktoken.Encoding, part: str) -> list[int]:
+    # Encoding the pieces between special tokens separately and splicing in the EOT id is exactly what
+    # tokenizer.encode(..., allowed_special={"<|endoftext|>"}) does with the whole string.
+    return tokenizer.encode_ordinary(f" {part} ") + [tokenizer.eot_token]
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Token sequences end to end: sequence i is tokens[offsets[i]:offsets[i + 1]], and its loss covers the
+    tokens from loss_starts[i] (the first text token) on."""
+    tokens: np.ndarray       # int32
+    offsets: np.ndarray      # int64, one more than there are sequences
+    loss_starts: np.ndarray  # int64, index within each sequence
+    eot: int                 # pads idx in batches
+
+    @classmethod
+    def from_pairs(cls, tokenizer: tiktoken.Encoding, pairs: list[tuple[str, str]]) -> "Sequences":
+        """One sequence per (table, text) pair."""
+        prompts = [prompt_ids(tokenizer, table) for table, _ in pairs]
+        sequences = [prompt + _segment(tokenizer, text) for prompt, (_, text) in zip(prompts, pairs)]
+        return cls(tokens=np.fromiter(chain.from_iterable(sequences), np.int32),
+                   offsets=np.cumsum([0, *map(len, sequences)], dtype=np.int64),
+                   loss_starts=np.array([len(p) for p in prompts], np.int64),
+                   eot=tokenizer.eot_token)
+
+    def __len__(self) -> int:
+        return len(self.loss_starts)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def longest(self) -> int:
+        """Tokens in the longest sequence: with the prefix, it must fit the model's position table."""
+        return int(self.lengths.max())
+
+    def describe(self) -> str:
+        n = self.lengths
+        return (f"{len(self):,} sequences (one per table-text pair) of {n.min()}/{n.mean():.1f}/{n.max()} tokens "
+                f"(min/mean/max)")
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(idx, targets) of shape (B, T) for next-token prediction, right-padded to the longest row: idx with EOT,
+        targets with IGNORE_INDEX, which also covers every target before the first text token."""
+        indices = [int(i) for i in indices]  # a list, array or tensor
+        rows = [torch.from_numpy(self[i].astype(np.int64)) for i in indices]
+        width = max(len(row) for row in rows) - 1
+        idx = torch.full((len(rows), width), self.eot, dtype=torch.long)
+        targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for b, (i, row) in enumerate(zip(indices, rows)):
+            start = int(self.loss_starts[i])
+            idx[b, :len(row) - 1] = row[:-1]
+            targets[b, start - 1:len(row) - 1] = row[start:]  # position t predicts token t + 1
+        return idx, targets
+
+    def save(self, path) -> None:
+        with open(path, "wb") as f:  # a file object, so numpy does not append ".npz" to a temporary name
+            np.savez(f, tokens=self.tokens, offsets=self.offsets, loss_starts=self.loss_starts, eot=self.eot)
+
+    @classmethod
+    def load(cls, path) -> "Sequences":
+        with np.load(path) as f:
+            return cls(f["tokens"], f["offsets"], f["loss_starts"], int(f["eot"]))

@@ -1,0 +1,39 @@
+"""METEOR, ROUGE-L and CIDEr through the MS-COCO caption scorers, fed as the E2E challenge script feeds them.
+
+measure_scores.py hands every hypothesis and reference to the Stanford PTB tokenizer (which lowercases and
+whose wrapper drops punctuation tokens), then scores the tokenized text with METEOR 1.5 (`-l en -norm`),
+ROUGE-L (F-measure with beta = 1.2 of the best LCS precision and best LCS recall over the references, averaged
+over hypotheses) and CIDEr-D (n-grams up to 4, sigma = 6, document frequencies from the references, x10).
+The package pycocoevalcap ships the jars for the tokenizer and METEOR, so all three metrics need Java.
+"""
+import shutil
+from collections.abc import Sequence
+
+from common.errors import UserError
+from metrics.inputs import check_inputs
+
+INSTALL_HINT = ("run `pip install pycocoevalcap` and install a Java runtime (e.g. `apt install default-jre`), "
+                "or pass coco=False to score BLEU and NIST only")
+
+
+def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """{"METEOR", "ROUGE-L", "CIDEr"}: METEOR and ROUGE-L on a 0-100 scale, CIDEr as is (the paper's 2.46)."""
+    check_inputs(hypotheses, references)
+    try:
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    except ImportError:
+        raise UserError(f"METEOR, ROUGE-L and CIDEr need the pycocoevalcap package; {INSTALL_HINT}") from None
+    if shutil.which("java") is None:
+        raise UserError(f"METEOR, ROUGE-L and CIDEr need Java, but `java` is not on PATH; {INSTALL_HINT}")
+
+    # The scorers take {id: [caption, ...]}; the tokenizer takes {id: [{"caption": text}, ...]}.
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": ref} for ref in group] for i, group in enumerate(references)})
+    res = tokenizer.tokenize({i: [{"caption": hypothesis}] for i, hypothesis in enumerate(hypotheses)})
+    meteor, _ = Meteor().compute_score(gts, res)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"METEOR": 100 * float(meteor), "ROUGE-L": 100 * float(rouge), "CIDEr": float(cider)}

@@ -1,0 +1,58 @@
+"""The exported prefix: P alone (no MLP) in a .safetensors file, with what it was trained for.
+
+This is what a trained task costs to keep: prefix_len × n_layer × 2 × n_embd numbers (about 0.1% of
+GPT-2). Loading checks the metadata against the model, so a prefix is never run on a GPT it wasn't
+trained for.
+"""
+from pathlib import Path
+
+from common.errors import UserError
+from model import safetensors
+from model.gpt import GPTConfig
+from prefix.ablations import InfixTuning
+from prefix.tuning import PrefixTuning
+
+FORMAT = "prefix-tuning/1"
+
+
+def save_prefix(prefix: PrefixTuning, path, base_model: str) -> None:
+    """Write P (prefix_len, n_layer·2·n_embd) and its metadata, atomically."""
+    P = prefix.activations().detach().cpu().contiguous()
+    c = prefix.config
+    metadata = dict(format=FORMAT, base_model=base_model, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+                    prefix_len=prefix.prefix_len, placement=prefix.placement, dtype=str(P.dtype).removeprefix("torch."),
+                    positions="from_zero" if prefix.positions_from_zero else "after_prefix")
+    safetensors.save_file({"prefix": P}, path, {k: str(v) for k, v in metadata.items()})
+
+
+def prefix_metadata(path) -> dict[str, str]:
+    """What an exported prefix was trained for (base_model, shape, prefix_len, positions, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"there is no exported prefix at {path}")
+    metadata = safetensors.load_metadata(path)
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path} is not an exported prefix (its format is {metadata.get('format')!r}, not {FORMAT})")
+    return metadata
+
+
+def load_prefix(path, config: GPTConfig) -> PrefixTuning:
+    """An exported prefix, frozen, checked against the GPT it will steer."""
+    meta = prefix_metadata(path)
+    trained_for = (int(meta["n_layer"]), int(meta["n_head"]), int(meta["n_embd"]))
+    if trained_for != (config.n_layer, config.n_head, config.n_embd):
+        raise UserError(f"{path} was trained for {meta['base_model']} ({describe(*trained_for)}), but this model "
+                        f"has {describe(config.n_layer, config.n_head, config.n_embd)}; load it with "
+                        f"--init_from {meta['base_model']}")
+    P = safetensors.load_file(path)["prefix"]
+    cls = InfixTuning if meta["placement"] == "infix" else PrefixTuning
+    prefix = cls(config, int(meta["prefix_len"]), reparam=False, positions_from_zero=meta["positions"] == "from_zero")
+    if P.shape != prefix.table.shape:
+        raise UserError(f"{path} is damaged: its prefix has shape {tuple(P.shape)}, its metadata implies "
+                        f"{tuple(prefix.table.shape)}")
+    prefix.table.data.copy_(P)
+    return prefix.requires_grad_(False).eval()
+
+
+def describe(n_layer: int, n_head: int, n_embd: int) -> str:
+    return f"{n_layer} layers, {n_head} heads, width {n_embd}"

@@ -1,0 +1,49 @@
+"""HF PEFT's prefix-tuning adapter format: adapter_config.json + adapter_model.safetensors["prompt_embeddings"].
+
+PEFT stores the projected prefix P (num_virtual_tokens × num_layers·2·token_dim) in the same row layout as
+ours, so an exported prefix converts both ways without touching the numbers. PEFT keeps only P, which is
+why a PEFT adapter can steer a model but cannot resume training with the MLP.
+"""
+import json
+from pathlib import Path
+
+from common.errors import UserError
+from common.files import atomic_path
+from model import safetensors
+from model.gpt import GPTConfig
+from prefix.tuning import PrefixTuning
+
+
+def save_peft_adapter(prefix: PrefixTuning, directory, base_model: str) -> None:
+    if prefix.positions_from_zero or prefix.placement != "prefix":
+        raise UserError("PEFT only runs prefixes placed before the input whose real tokens start at position P")
+    c, directory = prefix.config, Path(directory)
+    config = {"peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": prefix.prefix_len,
+              "token_dim": c.n_embd, "num_transformer_submodules": 1, "num_attention_heads": c.n_head,
+              "num_layers": c.n_layer, "encoder_hidden_size": c.n_embd, "prefix_projection": False,
+              "inference_mode": True, "base_model_name_or_path": base_model}
+    safetensors.save_file({"prompt_embeddings": prefix.activations().detach().cpu().contiguous()},
+                          directory / "adapter_model.safetensors", {"format": "pt"})
+    with atomic_path(directory / "adapter_config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+
+
+def load_peft_adapter(directory, config: GPTConfig) -> PrefixTuning:
+    directory = Path(directory)
+    try:
+        peft = json.loads((directory / "adapter_config.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise UserError(f"{directory} holds no readable adapter_config.json") from None
+    if peft.get("peft_type") != "PREFIX_TUNING":
+        raise UserError(f"{directory} is a {peft.get('peft_type')} adapter, not PREFIX_TUNING")
+    shape = (peft["num_layers"], peft["num_attention_heads"], peft["token_dim"])
+    if shape != (config.n_layer, config.n_head, config.n_embd):
+        raise UserError(f"{directory} was trained for a GPT with {shape[0]} layers, {shape[1]} heads and width "
+                        f"{shape[2]}, not this one ({config.n_layer}, {config.n_head}, {config.n_embd})")
+    P = safetensors.load_file(directory / "adapter_model.safetensors")["prompt_embeddings"]
+    prefix = PrefixTuning(config, peft["num_virtual_tokens"], reparam=False)
+    if P.shape != prefix.table.shape:
+        raise UserError(f"{directory} holds prompt_embeddings of shape {tuple(P.shape)}, not the projected prefix "
+                        f"{tuple(prefix.table.shape)}")
+    prefix.table.data.copy_(P)
+    return prefix.requires_grad_(False).eval()

@@ -1,0 +1,54 @@
+"""Random-weight GPT-2 checkpoints written the way the Hugging Face hub stores them (the test oracle)."""
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging
+
+logging.set_verbosity_error()
+
+
+def random_hf_gpt2(n_layer=2, n_head=3, n_embd=24, vocab_size=101, n_positions=64, n_inner=None, seed=0):
+    """transformers' GPT2LMHeadModel with random weights, LayerNorm scales and shifts far from 1 and 0."""
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size, n_positions=n_positions,
+                        n_inner=n_inner, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+            elif name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def write_checkpoint(model, directory, layout="hub", fmt="safetensors", tokenizer_dir=None) -> Path:
+    """Save `model` as a checkpoint directory.
+
+    layout "hub": the original gpt2 files: keys without "transformer.", with the legacy attn.bias mask buffers
+    (and attn.masked_bias in .bin), no lm_head. layout "transformers": what newer saves hold ("transformer."
+    keys, lm_head.weight). fmt: "safetensors" or "bin". tokenizer_dir: copy vocab.json/merges.txt from the
+    GPT-2 BPE files there (encoder.json/vocab.bpe).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(directory / "config.json")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if layout == "hub":
+        state = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
+        n = model.config.n_positions
+        for i in range(model.config.n_layer):
+            state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+            if fmt == "bin":
+                state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    else:
+        torch.save(state, directory / "pytorch_model.bin")
+    if tokenizer_dir is not None:
+        shutil.copy(Path(tokenizer_dir) / "encoder.json", directory / "vocab.json")
+        shutil.copy(Path(tokenizer_dir) / "vocab.bpe", directory / "merges.txt")
+    return directory

@@ -1,0 +1,248 @@
+"""GPT.from_pretrained: hub layouts and formats, errors, the download path (loopback hub), tokenizer."""
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from common.errors import UserError
+from hub_checkpoint import random_hf_gpt2, write_checkpoint
+from model import GPT
+from model import safetensors as our_safetensors
+from model.tokenizer import from_files, get_tokenizer
+
+SHAPES = [dict(n_layer=2, n_head=3, n_embd=24), dict(n_layer=3, n_head=5, n_embd=40),
+          dict(n_layer=1, n_head=1, n_embd=16, n_inner=20), dict(n_layer=2, n_head=4, n_embd=32, n_positions=32)]
+
+
+@torch.no_grad()
+def assert_same_logits(ours: GPT, hf, vocab=101, T=16):
+    idx = torch.randint(0, vocab, (3, T))
+    torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
+    _, loss = ours(idx[:, :-1], targets=idx[:, 1:])
+    torch.testing.assert_close(loss, hf(idx, labels=idx).loss, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+@pytest.mark.parametrize("layout", ["hub", "transformers"])
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_logits_match_transformers(tmp_path, shape, layout, fmt):
+    hf = random_hf_gpt2(**shape, seed=len(str(shape)))
+    ours = GPT.from_pretrained(str(write_checkpoint(hf, tmp_path, layout, fmt)))
+    assert not ours.training
+    assert_same_logits(ours, hf)
+
+
+def test_hub_keys_include_mask_buffers_that_must_not_shadow_real_biases(tmp_path):
+    hf = random_hf_gpt2()
+    keys = safetensors.torch.load_file(str(write_checkpoint(hf, tmp_path) / "model.safetensors"))
+    assert "h.0.attn.bias" in keys and "h.0.attn.c_attn.bias" in keys
+    ours = GPT.from_pretrained(str(tmp_path))
+    torch.testing.assert_close(ours.transformer.h[0].attn.c_attn.bias, hf.transformer.h[0].attn.c_attn.bias)
+
+
+# ---- errors a user can make or meet -------------------------------------------------------------------
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(UserError, match="no config.json"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_config_that_is_not_gpt2(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(UserError, match="'bert' model, not GPT-2"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_config_with_unsupported_gpt2_options(tmp_path):
+    hf = random_hf_gpt2()
+    hf.config.scale_attn_by_inverse_layer_idx = True
+    write_checkpoint(hf, tmp_path)
+    with pytest.raises(UserError, match="scale_attn_by_inverse_layer_idx"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_directory_without_weights(tmp_path):
+    write_checkpoint(random_hf_gpt2(), tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="neither model.safetensors nor pytorch_model.bin"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt,name", [("safetensors", "model.safetensors"), ("bin", "pytorch_model.bin")])
+def test_truncated_weights(tmp_path, fmt, name):
+    write_checkpoint(random_hf_gpt2(), tmp_path, fmt=fmt)
+    path = tmp_path / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    write_checkpoint(random_hf_gpt2(n_embd=24), tmp_path)
+    other = random_hf_gpt2(n_embd=48)
+    other.config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(UserError, match="has shape"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_unknown_name():
+    with pytest.raises(UserError, match="neither a checkpoint directory nor one of gpt2"):
+        GPT.from_pretrained("gpt3")
+
+
+# ---- safetensors without the package --------------------------------------------------------------------
+
+def test_our_safetensors_round_trips_with_the_official_package(tmp_path):
+    tensors = {"f32": torch.randn(3, 4), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2).bfloat16(),
+               "i64": torch.arange(7), "flag": torch.tensor([True, False]), "scalar": torch.tensor(2.5),
+               "empty": torch.zeros(0, 3)}
+    our_safetensors.save_file(tensors, tmp_path / "ours.safetensors", metadata={"format": "pt"})
+    theirs = safetensors.torch.load_file(str(tmp_path / "ours.safetensors"))
+    safetensors.torch.save_file(tensors, str(tmp_path / "theirs.safetensors"))
+    ours = our_safetensors.load_file(tmp_path / "theirs.safetensors")
+    for name, t in tensors.items():
+        assert torch.equal(theirs[name], t) and torch.equal(ours[name], t) and ours[name].dtype == t.dtype
+
+
+def test_a_file_that_is_not_safetensors(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(UserError, match="not a safetensors file"):
+        our_safetensors.load_file(tmp_path / "x.safetensors")
+
+
+# ---- downloading from the hub, against a loopback server -------------------------------------------------
+
+class Hub:
+    """Serves <root>/<name>/<file> at /<name>/resolve/main/<file>; files in `cut` stop halfway."""
+
+    def __init__(self, root: Path):
+        self.root, self.cut, self.requests = root, set(), []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hub.requests.append(self.path)
+                name, _, _, file = self.path.strip("/").split("/", 3)
+                path = hub.root / name / file
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                body = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if file in hub.cut else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub(tmp_path, shared, monkeypatch):
+    hf = random_hf_gpt2(vocab_size=50257)
+    write_checkpoint(hf, tmp_path / "hub" / "gpt2", tokenizer_dir=shared / "gpt2")
+    server = Hub(tmp_path / "hub")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server, hf
+    server.stop()
+
+
+def test_download_then_cache_hit_without_the_server(hub, tmp_path):
+    server, hf = hub
+    model = GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
+    assert_same_logits(model, hf, vocab=50257)
+    assert sorted(p.name for p in (tmp_path / "cache" / "gpt2").iterdir()) == \
+        ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    assert "/gpt2/resolve/main/model.safetensors" in server.requests
+    server.stop()
+    assert_same_logits(GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache"), hf, vocab=50257)
+    assert get_tokenizer(tmp_path / "cache" / "gpt2").encode("Hello world") == [15496, 995]
+
+
+def test_interrupted_download_is_detected_and_never_used(hub, tmp_path):
+    server, hf = hub
+    server.cut.add("model.safetensors")
+    with pytest.raises(UserError, match="broke off"):
+        GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
+    left = sorted(p.name for p in (tmp_path / "cache" / "gpt2").iterdir())
+    assert left == ["config.json"]  # no partial weights under any name
+    server.cut.clear()
+    assert_same_logits(GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache"), hf, vocab=50257)
+
+
+def test_cache_root_follows_the_environment(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFIX_TUNING_CACHE", str(tmp_path / "elsewhere"))
+    GPT.from_pretrained("gpt2")
+    assert (tmp_path / "elsewhere" / "models" / "gpt2" / "model.safetensors").is_file()
+
+
+def test_offline_with_nothing_cached_says_what_to_do(tmp_path, monkeypatch):
+    with socket_closed_port() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        with pytest.raises(UserError) as error:
+            GPT.from_pretrained("gpt2", cache_dir=tmp_path)
+    message = str(error.value)
+    assert "could not download gpt2 config.json" in message and "--init_from path/to/gpt2" in message
+    assert message.count(". ") == 0 and "\n" not in message  # one sentence
+
+
+def test_missing_file_on_the_hub(hub, tmp_path):
+    server, _ = hub
+    (server.root / "gpt2" / "merges.txt").unlink()
+    with pytest.raises(UserError, match="could not download gpt2 merges.txt"):
+        GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
+
+
+class socket_closed_port:
+    """A loopback port with nothing listening."""
+
+    def __enter__(self):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        return self.port
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- tokenizer ----------------------------------------------------------------------------------------------
+
+def test_tokenizer_from_checkpoint_files_equals_tiktoken(shared, tmp_path):
+    import tiktoken
+    write_checkpoint(random_hf_gpt2(), tmp_path, tokenizer_dir=shared / "gpt2")
+    ours, reference = get_tokenizer(tmp_path), tiktoken.get_encoding("gpt2")
+    text = " name : The Vaults | price : more than £ 30 <|endoftext|> Café  naïve\n\n 1234 it's"
+    assert ours.encode(text, allowed_special="all") == reference.encode(text, allowed_special="all")
+    assert ours.n_vocab == reference.n_vocab == 50257
+
+
+def test_tokenizer_files_that_disagree(shared, tmp_path):
+    lines = (shared / "gpt2" / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "merges.txt").write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]), encoding="utf-8")
+    with pytest.raises(UserError, match="do not describe the same"):
+        from_files(shared / "gpt2" / "encoder.json", tmp_path / "merges.txt")
+
+
+def test_tokenizer_offline_without_files_says_what_to_do(tmp_path, monkeypatch):
+    import requests
+    import tiktoken
+
+    def offline(name):
+        raise requests.ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(UserError, match="TIKTOKEN_CACHE_DIR"):
+        get_tokenizer(tmp_path)

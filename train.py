@@ -1,0 +1,312 @@
+"""Prefix-tune a frozen GPT-2 on table-to-text (E2E or WebNLG), in the spirit of nanoGPT's train.py.
+
+    python train.py --prefix_len 10                       # E2E with the paper's settings, on gpt2
+    python train.py --dataset webnlg --data_dir ../shared/data/webnlg --init_from gpt2-medium
+    torchrun --nproc_per_node 4 train.py ...              # DDP on 4 GPUs (or CPU processes with gloo)
+
+Only the prefix trains (P' and its MLP); the GPT is frozen and stays in eval mode. Everything lands in
+--out_dir: ckpt.pt (the training state, to --resume from), prefix.safetensors (the exported prefix, no
+MLP) and prefix_best.safetensors (the export at the best validation loss), and log.jsonl (the curves).
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from common import UserError, atomic_path, exit_on_user_error
+from data import tokenized_split
+from model import GPT
+from model.loading import checkpoint_dir, read_config
+from model.tokenizer import get_tokenizer
+from prefix import VARIANTS, build_prefix, freeze, init_from_text, parameter_report, save_prefix
+
+# The paper's table-to-text settings (Li & Liang 2021, Table 6 and §5): AdamW, linear decay, MLP k = 512.
+PAPER = {"e2e": dict(learning_rate=8e-5, batch_size=10, epochs=5),
+         "webnlg": dict(learning_rate=5e-5, batch_size=5, epochs=5)}
+# Arguments that define the run; --resume refuses to change them, so a resumed run is the same run.
+RUN_ARGS = ("init_from", "dataset", "prefix_len", "mid_dim", "variant", "reparam", "prefix_dropout", "init_text",
+            "positions_from_zero", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs",
+            "max_iters", "grad_clip", "seed")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one sentence (a UserError) rather than the usage text."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--init_from", default="gpt2", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint dir")
+    p.add_argument("--dataset", default="e2e", choices=sorted(PAPER))
+    p.add_argument("--data_dir", default=None, help="local copy of the dataset (E2E: the zip or its CSVs)")
+    p.add_argument("--prefix_len", type=int, default=10)
+    p.add_argument("--mid_dim", type=int, default=512, help="the reparameterization MLP's width k")
+    p.add_argument("--variant", default="prefix", choices=VARIANTS, help="the method or one of its ablations")
+    p.add_argument("--reparam", action=argparse.BooleanOptionalAction, default=True, help="P = MLP(P')")
+    p.add_argument("--prefix_dropout", type=float, default=0.0)
+    p.add_argument("--init_text", default=None, help='start from real words\' activations, e.g. "table-to-text:"')
+    p.add_argument("--positions_from_zero", action="store_true", help="number real tokens from 0, not from P")
+    p.add_argument("--batch_size", type=int, default=None, help="per process; default: 10 (E2E), 5 (WebNLG)")
+    p.add_argument("--learning_rate", type=float, default=None, help="default: 8e-5 (E2E), 5e-5 (WebNLG)")
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--warmup_iters", type=int, default=0)
+    p.add_argument("--epochs", type=float, default=None, help="default: 5")
+    p.add_argument("--max_iters", type=int, default=None, help="stop earlier than --epochs (the smaller wins)")
+    p.add_argument("--grad_clip", type=float, default=1.0)
+    p.add_argument("--eval_interval", type=int, default=500)
+    p.add_argument("--eval_iters", type=int, default=100, help="validation batches per evaluation (0: all)")
+    p.add_argument("--log_interval", type=int, default=10)
+    p.add_argument("--out_dir", default="out")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bfloat16 autocast on a GPU that supports it, else float32")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its ckpt.pt")
+    args = p.parse_args(argv)
+    for name, value in PAPER[args.dataset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("prefix_len", "batch_size", "mid_dim", "eval_interval", "log_interval"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.epochs <= 0 or (args.max_iters is not None and args.max_iters <= 0) or args.learning_rate <= 0:
+        raise UserError("--epochs, --max_iters and --learning_rate must be positive")
+    return args
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    checkpoint = None
+    if args.resume:
+        checkpoint = read_checkpoint(out_dir / "ckpt.pt")
+        adopt_run_args(args, checkpoint["args"], argv)
+
+    # ---- distributed (torchrun sets RANK), device, precision --------------------------------------------------
+    ddp = "RANK" in os.environ
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if ddp:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    master = rank == 0
+    say = print if master else (lambda *a, **k: None)
+    dtype = (torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32) \
+        if args.dtype == "auto" else getattr(torch, args.dtype)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    torch.manual_seed(args.seed)  # the same initial prefix everywhere (DDP also broadcasts rank 0's)
+
+    # ---- data and model: everything a user can get wrong is checked before the heavy work ---------------------
+    directory = checkpoint_dir(args.init_from)
+    config = read_config(directory)
+    tokenizer = get_tokenizer(directory)
+    train_data = tokenized_split(args.dataset, "train", tokenizer, args.data_dir)
+    val_data = tokenized_split(args.dataset, "dev", tokenizer, args.data_dir)
+    longest = max(train_data.longest, val_data.longest)
+    if args.prefix_len + longest > config.block_size:
+        raise UserError(f"a prefix of {args.prefix_len} plus the longest example ({longest} tokens) exceeds the "
+                        f"model's {config.block_size} positions; use a shorter --prefix_len")
+    init_ids = tokenizer.encode_ordinary(args.init_text) if args.init_text else None
+    if init_ids is not None and len(init_ids) != args.prefix_len:
+        raise UserError(f"--init_text {args.init_text!r} is {len(init_ids)} tokens; use --prefix_len {len(init_ids)}")
+    say(f"train: {train_data.describe()}\nval:   {val_data.describe()}")
+
+    model = freeze(GPT.from_pretrained(str(directory)).to(device))
+    prefix = build_prefix(args.variant, model, args.prefix_len, args.mid_dim, args.reparam, args.prefix_dropout,
+                          args.positions_from_zero).to(device)
+    if init_ids is not None and checkpoint is None:
+        init_from_text(prefix, model, init_ids)
+    say(parameter_report(prefix, model))
+    optimizer = torch.optim.AdamW(prefix.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    trainable = DistributedDataParallel(prefix) if ddp else prefix
+
+    # ---- the schedule: every iteration's batch follows from (seed, iteration), so a resumed run repeats it ----
+    global_batch = args.batch_size * world
+    steps_per_epoch = math.ceil(len(train_data) / global_batch)
+    total_iters = math.ceil(args.epochs * steps_per_epoch)
+    if args.max_iters is not None:
+        total_iters = min(total_iters, args.max_iters)
+
+    def batch_for(it: int):
+        """This process's rows of iteration `it`: a slice of the epoch's permutation (wrapping at its end)."""
+        epoch, step = divmod(it, steps_per_epoch)
+        order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(args.seed + epoch))
+        start = step * global_batch + rank * args.batch_size
+        rows = order[torch.arange(start, start + args.batch_size) % len(train_data)]
+        return (t.to(device) for t in train_data.batch(rows))
+
+    def learning_rate(it: int) -> float:
+        """Linear warmup, then linear decay to zero at the last iteration (the paper's linear schedule)."""
+        if it < args.warmup_iters:
+            return args.learning_rate * (it + 1) / args.warmup_iters
+        return args.learning_rate * (total_iters - it) / max(1, total_iters - args.warmup_iters)
+
+    @torch.no_grad()
+    def validation_loss() -> float:
+        """Mean loss per target token over the first --eval_iters batches of the dev split (a fixed order)."""
+        prefix.eval()
+        n_batches = math.ceil(len(val_data) / args.batch_size)
+        n_batches = min(n_batches, args.eval_iters) if args.eval_iters else n_batches
+        total, count = 0.0, 0
+        for b in range(n_batches):
+            idx, targets = (t.to(device) for t in val_data.batch(range(b * args.batch_size,
+                                                                      min((b + 1) * args.batch_size, len(val_data)))))
+            with autocast:
+                loss = prefix.loss(model, idx, targets)
+            n = int((targets != -100).sum())
+            total, count = total + loss.item() * n, count + n
+        prefix.train()
+        return total / count
+
+    it, best_val = 0, float("inf")
+    if checkpoint is not None:
+        prefix.load_state_dict(checkpoint["prefix"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        it, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
+        torch.set_rng_state(checkpoint["rng"][rank])
+        say(f"resuming at iteration {it} of {total_iters}")
+
+    def save_training_state():
+        rng = [torch.get_rng_state()]
+        if ddp:  # each process draws its own dropout masks: keep every one's generator
+            rng = [None] * world
+            dist.all_gather_object(rng, torch.get_rng_state())
+        if master:
+            state = {"iter": it, "best_val_loss": best_val, "prefix": prefix.state_dict(),
+                     "optimizer": optimizer.state_dict(), "rng": rng, "args": run_args(args),
+                     "config": asdict(config)}
+            with atomic_path(out_dir / "ckpt.pt") as tmp:
+                torch.save(state, tmp)
+
+    def log(record: dict):
+        if master:
+            with open(out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # Ctrl-C finishes the current step, saves, and exits; a second Ctrl-C stops at once.
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: (interrupted.append(True), signal.signal(signal.SIGINT, signal.SIG_DFL)))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say(f"training {total_iters} iterations ({steps_per_epoch} per epoch, global batch {global_batch}) on {device}, "
+        f"{str(dtype).removeprefix('torch.')}")
+    if it == 0:
+        val = validation_loss()
+        say(f"iter 0: val loss {val:.4f}")
+        log({"iter": 0, "val_loss": val})
+    prefix.train()
+    started, tokens_seen, start_it = time.time(), 0, it
+    while it < total_iters:
+        lr = learning_rate(it)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx, targets = batch_for(it)
+        with autocast:
+            kv = trainable(idx.size(0))  # through DDP, so gradients are averaged across processes
+            loss = prefix.loss(model, idx, targets, kv)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(prefix.parameters(), args.grad_clip)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            raise UserError(f"the loss or its gradient became {loss.item()} at iteration {it}; the last good "
+                            f"checkpoint in {out_dir / 'ckpt.pt'} is intact: lower --learning_rate and --resume")
+        optimizer.step()
+        it += 1
+        tokens_seen += idx.numel() * world
+
+        if it % args.log_interval == 0 or it == total_iters:
+            elapsed = time.time() - started
+            rate = tokens_seen / elapsed
+            eta = elapsed / (it - start_it) * (total_iters - it)
+            say(f"iter {it}/{total_iters} | epoch {it / steps_per_epoch:.2f} | loss {loss.item():.4f} | lr {lr:.2e} | "
+                f"{rate:,.0f} tok/s | ETA {format_duration(eta)}")
+            log({"iter": it, "epoch": it / steps_per_epoch, "train_loss": loss.item(), "lr": lr, "tokens_per_s": rate})
+        if it % args.eval_interval == 0 or it == total_iters:
+            val = validation_loss()
+            improved = val < best_val
+            best_val = min(best_val, val)
+            if improved and master:
+                save_prefix(prefix.export(), out_dir / "prefix_best.safetensors", args.init_from)
+            say(f"iter {it}: val loss {val:.4f}" + (" (best so far: prefix_best.safetensors)" if improved else ""))
+            log({"iter": it, "val_loss": val})
+            save_training_state()
+        if interrupted:
+            save_training_state()
+            say(f"interrupted at iteration {it}; continue with: python train.py --out_dir {out_dir} --resume")
+            sys.exit(130)
+
+    if master:
+        save_prefix(prefix.export(), out_dir / "prefix.safetensors", args.init_from)
+        say(f"done: {out_dir / 'prefix.safetensors'} (best val loss {best_val:.4f} in prefix_best.safetensors)")
+    if ddp:
+        check_ranks_agree(prefix, world)
+        dist.destroy_process_group()
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else \
+            "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    return device
+
+
+def read_checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"--resume found no {path}; start without --resume, or point --out_dir at an earlier run")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file raises one of many types
+        raise UserError(f"{path} could not be read ({type(e).__name__}); it may be damaged") from None
+
+
+def run_args(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in RUN_ARGS}
+
+
+def adopt_run_args(args: argparse.Namespace, saved: dict, argv) -> None:
+    """A resumed run keeps its own settings; a flag on the command line that contradicts them is an error."""
+    given = {a.split("=")[0].removeprefix("--").removeprefix("no-").replace("-", "_")
+             for a in (argv or sys.argv[1:]) if a.startswith("--")}
+    for name, value in saved.items():
+        if name in given and getattr(args, name) != value:
+            raise UserError(f"--{name} {getattr(args, name)} contradicts the run being resumed ({value}); drop it, "
+                            f"or start a new run in another --out_dir")
+        setattr(args, name, value)
+
+
+def check_ranks_agree(prefix: torch.nn.Module, world: int) -> None:
+    """Every process must end with the same prefix: DDP averaged the same gradients into each."""
+    flat = torch.cat([p.detach().flatten() for p in prefix.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    if not all(torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError("the processes ended with different prefixes")
+    if dist.get_rank() == 0:
+        print(f"all {world} processes hold the same prefix")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+if __name__ == "__main__":
+    main()
