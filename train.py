@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from common import UserError, atomic_path, exit_on_user_error
+from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
 from data import tokenized_split
 from model import GPT
 from model.loading import checkpoint_dir, read_config
@@ -33,46 +33,40 @@ from prefix import VARIANTS, build_prefix, freeze, init_from_text, parameter_rep
 # The paper's table-to-text settings (Li & Liang 2021, Table 6 and §5): AdamW, linear decay, MLP k = 512.
 PAPER = {"e2e": dict(learning_rate=8e-5, batch_size=10, epochs=5),
          "webnlg": dict(learning_rate=5e-5, batch_size=5, epochs=5)}
-# Arguments that define the run; --resume refuses to change them, so a resumed run is the same run.
-RUN_ARGS = ("init_from", "dataset", "prefix_len", "mid_dim", "variant", "reparam", "prefix_dropout", "init_text",
+# Arguments that define the run; --resume refuses to change them, so a resumed run is the same run
+# (except data_dir: the same data may have moved).
+RUN_ARGS = ("init_from", "dataset", "data_dir", "prefix_len", "mid_dim", "variant", "reparam", "prefix_dropout", "init_text",
             "positions_from_zero", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs",
             "max_iters", "grad_clip", "seed")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one sentence (a UserError) rather than the usage text."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--init_from", default="gpt2", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint dir")
-    p.add_argument("--dataset", default="e2e", choices=sorted(PAPER))
-    p.add_argument("--data_dir", default=None, help="local copy of the dataset (E2E: the zip or its CSVs)")
-    p.add_argument("--prefix_len", type=int, default=10)
+    p.add_argument("--dataset", default="e2e", choices=sorted(PAPER), help="the table-to-text dataset")
+    p.add_argument("--data_dir", default=None, help="a local copy of the dataset (E2E: the zip or its CSVs; default: download E2E)")
+    p.add_argument("--prefix_len", type=int, default=10, help="P: the number of prefix positions")
     p.add_argument("--mid_dim", type=int, default=512, help="the reparameterization MLP's width k")
     p.add_argument("--variant", default="prefix", choices=VARIANTS, help="the method or one of its ablations")
     p.add_argument("--reparam", action=argparse.BooleanOptionalAction, default=True, help="P = MLP(P')")
-    p.add_argument("--prefix_dropout", type=float, default=0.0)
+    p.add_argument("--prefix_dropout", type=float, default=0.0, help="dropout on the prefix's keys and values")
     p.add_argument("--init_text", default=None, help='start from real words\' activations, e.g. "table-to-text:"')
     p.add_argument("--positions_from_zero", action="store_true", help="number real tokens from 0, not from P")
-    p.add_argument("--batch_size", type=int, default=None, help="per process; default: 10 (E2E), 5 (WebNLG)")
-    p.add_argument("--learning_rate", type=float, default=None, help="default: 8e-5 (E2E), 5e-5 (WebNLG)")
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--warmup_iters", type=int, default=0)
-    p.add_argument("--epochs", type=float, default=None, help="default: 5")
+    p.add_argument("--batch_size", type=int, default=None, help="rows per process (default: the paper's, 10 for E2E and 5 for WebNLG)")
+    p.add_argument("--learning_rate", type=float, default=None, help="peak learning rate (default: the paper's, 8e-5 for E2E and 5e-5 for WebNLG)")
+    p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW's weight decay")
+    p.add_argument("--warmup_iters", type=int, default=0, help="linear warmup before the linear decay")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the training data (default: the paper's 5)")
     p.add_argument("--max_iters", type=int, default=None, help="stop earlier than --epochs (the smaller wins)")
-    p.add_argument("--grad_clip", type=float, default=1.0)
-    p.add_argument("--eval_interval", type=int, default=500)
+    p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this")
+    p.add_argument("--eval_interval", type=int, default=500, help="iterations between validation and checkpoint")
     p.add_argument("--eval_iters", type=int, default=100, help="validation batches per evaluation (0: all)")
-    p.add_argument("--log_interval", type=int, default=10)
-    p.add_argument("--out_dir", default="out")
+    p.add_argument("--log_interval", type=int, default=10, help="iterations between progress lines")
+    p.add_argument("--out_dir", default="out", help="where checkpoints, exports and log.jsonl go")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 autocast on a GPU that supports it, else float32")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=1337, help="fixes the initial prefix and the data order")
     p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its ckpt.pt")
     args = p.parse_args(argv)
     for name, value in PAPER[args.dataset].items():
@@ -103,9 +97,8 @@ def main(argv=None):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
-    dtype = (torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32) \
-        if args.dtype == "auto" else getattr(torch, args.dtype)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    dtype = pick_dtype(args.dtype, device)
+    mixed_precision = autocast(device, dtype)
     torch.manual_seed(args.seed)  # the same initial prefix everywhere (DDP also broadcasts rank 0's)
 
     # ---- data and model: everything a user can get wrong is checked before the heavy work ---------------------
@@ -163,7 +156,7 @@ def main(argv=None):
         for b in range(n_batches):
             idx, targets = (t.to(device) for t in val_data.batch(range(b * args.batch_size,
                                                                       min((b + 1) * args.batch_size, len(val_data)))))
-            with autocast:
+            with mixed_precision:
                 loss = prefix.loss(model, idx, targets)
             n = int((targets != -100).sum())
             total, count = total + loss.item() * n, count + n
@@ -213,7 +206,7 @@ def main(argv=None):
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx, targets = batch_for(it)
-        with autocast:
+        with mixed_precision:
             kv = trainable(idx.size(0))  # through DDP, so gradients are averaged across processes
             loss = prefix.loss(model, idx, targets, kv)
         optimizer.zero_grad(set_to_none=True)
@@ -255,19 +248,6 @@ def main(argv=None):
         dist.destroy_process_group()
 
 
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else \
-            "mps" if torch.backends.mps.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    return device
-
-
 def read_checkpoint(path: Path) -> dict:
     if not path.exists():
         raise UserError(f"--resume found no {path}; start without --resume, or point --out_dir at an earlier run")
@@ -286,6 +266,8 @@ def adopt_run_args(args: argparse.Namespace, saved: dict, argv) -> None:
     given = {a.split("=")[0].removeprefix("--").removeprefix("no-").replace("-", "_")
              for a in (argv or sys.argv[1:]) if a.startswith("--")}
     for name, value in saved.items():
+        if name == "data_dir" and name in given:
+            continue
         if name in given and getattr(args, name) != value:
             raise UserError(f"--{name} {getattr(args, name)} contradicts the run being resumed ({value}); drop it, "
                             f"or start a new run in another --out_dir")

@@ -14,6 +14,18 @@ from torch.nn import functional as F
 from model.cache import KV, KVCache
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:
+    """Prompts of different lengths as one batch: (idx, attention_mask), padded on the left so that every
+    row's next token is generated at the same column."""
+    width = max(map(len, prompts))
+    idx = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return idx.to(device), mask.to(device)
+
+
 @torch.no_grad()
 def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | None = None,
              cache: KVCache | None = None, attention_mask: Tensor | None = None, positions_from_zero: bool = False, temperature: float = 1.0,
@@ -26,7 +38,8 @@ def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | 
     stops once every row has.
     """
     B = idx.size(0)
-    cache = cache or KVCache.start(B, prefix, positions_from_zero, device=idx.device)
+    if cache is None:
+        cache = KVCache.start(B, prefix, positions_from_zero, device=idx.device)
     logits, _ = model(idx, attention_mask=attention_mask, cache=cache, last_only=True)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     out = []
@@ -73,7 +86,8 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
     hypotheses and its best live beam can no longer beat the worst of them at the current length.
     """
     B, V = idx.size(0), model.config.vocab_size
-    cache = cache or KVCache.start(B, prefix, positions_from_zero, device=idx.device)
+    if cache is None:
+        cache = KVCache.start(B, prefix, positions_from_zero, device=idx.device)
     rows = torch.arange(B, device=idx.device).repeat_interleave(num_beams)  # row b's beams sit together
     cache.reorder(rows)
     mask = None if attention_mask is None else attention_mask[rows]

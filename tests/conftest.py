@@ -27,3 +27,28 @@ def shared() -> Path:
 def tokenizer(shared):
     from model.tokenizer import from_files
     return from_files(shared / "gpt2" / "encoder.json", shared / "gpt2" / "vocab.bpe")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(shared, tmp_path_factory) -> Path:
+    """A 2-layer random GPT-2 with the real vocabulary, in the hub's layout with its tokenizer files.
+
+    Its weights are 10x GPT-2's initial scale: at 0.02 the outputs are nearly uniform whatever the prefix,
+    and training curves would show nothing.
+    """
+    import torch
+    from hub_checkpoint import random_hf_gpt2, write_checkpoint
+    hf = random_hf_gpt2(n_layer=2, n_head=2, n_embd=32, vocab_size=50257, n_positions=256, seed=0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() > 1:
+                p.mul_(10)
+    return write_checkpoint(hf, tmp_path_factory.mktemp("tiny-gpt2"), tokenizer_dir=shared / "gpt2")
+
+
+def run_script(*args, timeout=300, env=None, **kwargs):
+    """Run a project script (or `-m module`) from the repository root; returns the CompletedProcess."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, **kwargs)

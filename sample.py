@@ -1,0 +1,178 @@
+"""Generate text from tables with a trained prefix, and score a dataset split the way the paper does.
+
+    python sample.py --out_dir out --start "name : Aromi | Type : coffee shop | area : city centre"
+    python sample.py --out_dir out --start FILE:tables.txt --output texts.txt
+    python sample.py --out_dir out --split test               # beam 5 on E2E test, then its five metrics
+
+The base GPT-2 defaults to the one the prefix was trained on; the prefix is the run's exported one
+(prefix_best.safetensors, or prefix.safetensors with --prefix final), or its training checkpoint when
+nothing was exported yet.
+"""
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from common import UserError, atomic_path, exit_on_user_error
+from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
+from data import category_subset, load_examples, prompt_ids
+from metrics import bleu, e2e_scores, format_scores
+from model import GPT
+from model.generate import beam_search, generate, left_pad
+from model.loading import checkpoint_dir
+from model.tokenizer import get_tokenizer
+from prefix import PrefixTuning, build_prefix, load_prefix, prefix_metadata
+
+NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, one text is one line
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out_dir", default="out", help="the training run to sample from")
+    p.add_argument("--prefix", default="best", choices=["best", "final"], help="which export of the run")
+    p.add_argument("--init_from", default=None, help="the base GPT-2 (default: the one the prefix was trained on)")
+    p.add_argument("--start", default=None, help='a table, or "FILE:path" with one table per line')
+    p.add_argument("--split", default=None, choices=["train", "dev", "test"], help="decode a dataset split and score it")
+    p.add_argument("--dataset", default=None, choices=["e2e", "webnlg"], help="(default: the run's)")
+    p.add_argument("--data_dir", default=None, help="a local copy of the dataset (default: the download)")
+    p.add_argument("--max_examples", type=int, default=None, help="decode only the first N tables of the split")
+    p.add_argument("--num_beams", type=int, default=5, help="beam search width; 1 decodes greedily or samples")
+    p.add_argument("--length_penalty", type=float, default=1.0, help="beam score = sum log p / length ** this")
+    p.add_argument("--temperature", type=float, default=0.0, help="with --num_beams 1: 0 is greedy, >0 samples")
+    p.add_argument("--top_k", type=int, default=None, help="sample among the k likeliest tokens")
+    p.add_argument("--top_p", type=float, default=None, help="sample from the nucleus of this probability")
+    p.add_argument("--max_new_tokens", type=int, default=100, help="stop a text after this many tokens")
+    p.add_argument("--ban_newlines", action=argparse.BooleanOptionalAction, default=True,
+                   help="forbid GPT-2's newline tokens 198 and 628, as the paper's code does")
+    p.add_argument("--batch_size", type=int, default=10, help="tables decoded together (left-padded)")
+    p.add_argument("--output", default=None, help="write the texts here, one per line")
+    p.add_argument("--coco", action=argparse.BooleanOptionalAction, default=True,
+                   help="also METEOR, ROUGE-L, CIDEr on E2E (needs pycocoevalcap and Java)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="as in train.py")
+    p.add_argument("--seed", type=int, default=1337, help="for sampling")
+    args = p.parse_args(argv)
+    if (args.start is None) == (args.split is None):
+        raise UserError("give either --start (tables to generate from) or --split (a dataset split to score)")
+    for name in ("num_beams", "max_new_tokens", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.num_beams > 1 and (args.temperature > 0 or args.top_k or args.top_p):
+        raise UserError("sampling options need --num_beams 1; beam search does not sample")
+    return args
+
+
+def load_run(args, device) -> tuple[GPT, PrefixTuning, object, dict]:
+    """The base GPT, the run's prefix (exported: no MLP), the tokenizer, and the run's training settings.
+
+    The prefix is the export that --prefix names, else the other export, else the one in ckpt.pt.
+    """
+    out_dir = Path(args.out_dir)
+    if not out_dir.is_dir():
+        raise UserError(f"there is no training run at {out_dir}; train one with train.py --out_dir {out_dir}")
+    checkpoint = torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=True) \
+        if (out_dir / "ckpt.pt").exists() else None
+    exports = [out_dir / f"{name}.safetensors" for name in (("prefix_best", "prefix") if args.prefix == "best"
+                                                           else ("prefix", "prefix_best"))]
+    export = next((path for path in exports if path.exists()), None)
+    if export is None and checkpoint is None:
+        raise UserError(f"{out_dir} holds neither an exported prefix nor ckpt.pt")
+    trained = checkpoint["args"] if checkpoint else {"init_from": prefix_metadata(export)["base_model"]}
+    directory = checkpoint_dir(args.init_from or trained["init_from"])
+    gpt = GPT.from_pretrained(str(directory)).to(device).requires_grad_(False)
+    if export is not None:
+        prefix = load_prefix(export, gpt.config)
+    else:
+        if checkpoint["config"] != asdict(gpt.config):
+            raise UserError(f"{out_dir / 'ckpt.pt'} was trained for {trained['init_from']}, not this model; "
+                            f"load it with --init_from {trained['init_from']}")
+        prefix = build_prefix(trained["variant"], gpt, trained["prefix_len"], trained["mid_dim"], trained["reparam"],
+                              positions_from_zero=trained["positions_from_zero"])
+        prefix.load_state_dict(checkpoint["prefix"])
+        prefix = prefix.export()
+    return gpt, prefix.to(device), get_tokenizer(directory), trained
+
+
+@torch.no_grad()
+def decode(gpt: GPT, prefix: PrefixTuning, tokenizer, tables: list[str], args, device) -> list[str]:
+    """One text per table, decoded in left-padded batches with the prefix seeding the KV cache."""
+    eot = tokenizer.eot_token
+    banned = NEWLINES if args.ban_newlines else ()
+    generator = torch.Generator(device).manual_seed(args.seed)
+    texts = []
+    for start in range(0, len(tables), args.batch_size):
+        chunk = [prompt_ids(tokenizer, table) for table in tables[start:start + args.batch_size]]
+        idx, mask = left_pad(chunk, eot, device)
+        with autocast(device, pick_dtype(args.dtype, device)):
+            cache, idx, mask = prefix.start_decoding(gpt, idx, mask)
+            if args.num_beams > 1:
+                outputs = beam_search(gpt, idx, args.max_new_tokens, args.num_beams, eos_id=eot, cache=cache,
+                                      attention_mask=mask, length_penalty=args.length_penalty, banned_ids=banned)
+            else:
+                outputs = [row[:row.index(eot)] if eot in row else row for row in generate(
+                    gpt, idx, args.max_new_tokens, cache=cache, attention_mask=mask, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, eos_id=eot, banned_ids=banned,
+                    generator=generator).tolist()]
+        texts += [tokenizer.decode(tokens).strip() for tokens in outputs]
+        if sys.stderr.isatty():
+            print(f"\rdecoded {len(texts)}/{len(tables)}", end="", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    return texts
+
+
+def read_tables(start: str) -> list[str]:
+    if not start.startswith("FILE:"):
+        if not start.strip():
+            raise UserError("--start is empty; give a table such as \"name : Aromi | Type : pub\"")
+        return [start]
+    path = Path(start.removeprefix("FILE:"))
+    try:
+        tables = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"could not read the tables in {path} ({type(e).__name__})") from None
+    if not tables:
+        raise UserError(f"{path} holds no tables (one table per line is expected)")
+    return tables
+
+
+def report(dataset: str, examples, texts: list[str], coco: bool) -> str:
+    """The paper's metrics: E2E's five (Table 1), WebNLG's BLEU on seen (S), unseen (U) and all (A) categories."""
+    if dataset == "webnlg":
+        text_of = dict(zip(examples, texts))  # equal examples (same table and references) decode alike
+        scores = {subset: bleu([text_of[ex] for ex in chosen], [ex.references for ex in chosen])
+                  for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}
+        return "  ".join(f"BLEU {subset} {value:.1f}" for subset, value in scores.items())
+    references = [ex.references for ex in examples]
+    try:
+        return format_scores(e2e_scores(texts, references, coco=coco))
+    except UserError as e:  # METEOR, ROUGE-L and CIDEr are an optional extra
+        return f"{format_scores(e2e_scores(texts, references, coco=False))}\n({e})"
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    tables = read_tables(args.start) if args.start is not None else None
+    gpt, prefix, tokenizer, trained = load_run(args, device)
+    if args.split is not None:
+        dataset = args.dataset or trained.get("dataset", "e2e")
+        examples = load_examples(dataset, args.split, args.data_dir or trained.get("data_dir"))[:args.max_examples]
+        tables = [ex.table for ex in examples]
+    texts = decode(gpt, prefix, tokenizer, tables, args, device)
+    if args.output:
+        with atomic_path(args.output) as tmp:
+            tmp.write_text("".join(text + "\n" for text in texts), encoding="utf-8")
+    if args.split is None:
+        for table, text in zip(tables, texts):
+            print(f"{table}\n  -> {text}")
+    else:
+        print(f"{dataset} {args.split}: {len(texts)} tables, beam {args.num_beams}, prefix from {args.out_dir}")
+        print(report(dataset, examples, texts, args.coco))
+
+
+if __name__ == "__main__":
+    main()

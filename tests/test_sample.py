@@ -1,0 +1,202 @@
+"""Decoding (greedy, sampling, beam search; batched and cached) and sample.py end to end."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_script
+from model import GPT, GPTConfig
+from model.generate import beam_search, generate, left_pad, next_token
+from prefix import PrefixTuning, freeze
+
+V, EOS = 40, 39
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=V, block_size=64))
+    with torch.no_grad():  # larger weights: sharper, more varied next-token distributions
+        for p in model.parameters():
+            p.mul_(8 if p.dim() > 1 else 1)
+    return freeze(model)
+
+
+@pytest.fixture(scope="module")
+def prefix(gpt):
+    torch.manual_seed(1)
+    return PrefixTuning(gpt.config, 3, mid_dim=8).eval()
+
+
+PROMPTS = [[5, 9, 2, 7, 1], [3], [8, 8, 4]]
+
+
+def greedy_without_cache(gpt, prompt, n, prefix=None):
+    """Recompute the whole sequence at every step: the slow, obviously right greedy decoder."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = gpt(torch.tensor([seq]), prefix=None if prefix is None else prefix(1))
+            seq.append(int(logits[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def test_cached_greedy_equals_recomputing_greedy(gpt, prefix):
+    for p in (None, prefix):
+        for prompt in PROMPTS:
+            out = generate(gpt, torch.tensor([prompt]), 8, prefix=None if p is None else p(1), temperature=0)
+            assert out[0].tolist() == greedy_without_cache(gpt, prompt, 8, p)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_padded_batched_decoding_equals_each_prompt_alone(gpt, prefix, num_beams):
+    idx, mask = left_pad(PROMPTS, pad_id=0)
+    if num_beams == 1:
+        together = generate(gpt, idx, 8, prefix=prefix(1), attention_mask=mask, temperature=0).tolist()
+        alone = [generate(gpt, torch.tensor([p]), 8, prefix=prefix(1), temperature=0)[0].tolist() for p in PROMPTS]
+    else:
+        together = beam_search(gpt, idx, 8, num_beams, eos_id=EOS, prefix=prefix(1), attention_mask=mask)
+        alone = [beam_search(gpt, torch.tensor([p]), 8, num_beams, eos_id=EOS, prefix=prefix(1))[0] for p in PROMPTS]
+    assert together == alone
+
+
+def test_beam_search_with_one_beam_is_greedy(gpt, prefix):
+    for prompt in PROMPTS:
+        greedy = generate(gpt, torch.tensor([prompt]), 10, prefix=prefix(1), temperature=0, eos_id=EOS)[0].tolist()
+        greedy = greedy[:greedy.index(EOS)] if EOS in greedy else greedy
+        assert beam_search(gpt, torch.tensor([prompt]), 10, 1, eos_id=EOS, prefix=prefix(1)) == [greedy]
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_beam_search_finds_the_exhaustive_best_on_a_small_case(length_penalty):
+    """Vocabulary 5 (eos = 4), 3 new tokens: enumerate every hypothesis and score it by full recomputation."""
+    torch.manual_seed(4)  # a model on which greedy decoding misses the best hypothesis (asserted below)
+    small = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, vocab_size=5, block_size=16))
+    with torch.no_grad():
+        for p in small.parameters():
+            p.mul_(3 if p.dim() > 1 else 1)
+    small = freeze(small)
+    prompt, eos, n = [1, 2], 4, 3
+
+    def score(tokens):
+        with torch.no_grad():
+            logits, _ = small(torch.tensor([prompt + tokens[:-1]]))
+        logp = F.log_softmax(logits[0, len(prompt) - 1:], -1)
+        total = sum(logp[i, t].item() for i, t in enumerate(tokens))
+        return total / len(tokens) ** length_penalty
+
+    hypotheses = [list(h) + [eos] for k in range(n) for h in itertools.product(range(4), repeat=k)]
+    hypotheses += [list(h) for h in itertools.product(range(4), repeat=n)]  # cut off by the length limit
+    best = max(hypotheses, key=score)
+    found = beam_search(small, torch.tensor([prompt]), n, num_beams=30, eos_id=eos, length_penalty=length_penalty)[0]
+    assert found == [t for t in best if t != eos]
+    greedy = beam_search(small, torch.tensor([prompt]), n, num_beams=1, eos_id=eos, length_penalty=length_penalty)[0]
+    assert greedy != found  # the case is hard enough to tell a beam search from a greedy one
+
+
+def test_eos_ends_a_row_and_pads_it(gpt):
+    idx, mask = left_pad(PROMPTS, pad_id=0)
+    logits, _ = gpt(idx, attention_mask=mask, last_only=True)
+    first = logits[:, -1].argmax(-1)
+    out = generate(gpt, idx, 6, attention_mask=mask, temperature=0, eos_id=int(first[0]))
+    assert (out[0] == first[0]).all()  # row 0 emitted eos first: the rest is eos
+
+
+def test_banned_tokens_are_never_produced(gpt, prefix):
+    idx = torch.tensor([PROMPTS[0]])
+    free = generate(gpt, idx, 10, prefix=prefix(1), temperature=0)[0].tolist()
+    banned = generate(gpt, idx, 10, prefix=prefix(1), temperature=0, banned_ids=free[:2])[0].tolist()
+    assert not set(banned) & set(free[:2])
+    assert not set(beam_search(gpt, idx, 10, 3, eos_id=EOS, prefix=prefix(1), banned_ids=free[:2])[0]) & set(free[:2])
+
+
+def test_top_k_and_top_p_sample_only_from_their_sets():
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]]))
+    g = torch.Generator().manual_seed(0)
+    assert {int(next_token(scores, 1.0, 2, None, g)) for _ in range(200)} == {0, 1}
+    assert {int(next_token(scores, 1.0, None, 0.75, g)) for _ in range(200)} == {0, 1}  # 0.5 + 0.3 reaches 0.75
+    assert {int(next_token(scores, 1.0, None, 0.5, g)) for _ in range(200)} == {0}
+    assert int(next_token(scores, 0.0, None, None)) == 0
+    draws = [int(next_token(scores, 1.0, None, None, torch.Generator().manual_seed(5))) for _ in range(3)]
+    assert len(set(draws)) == 1  # seeded: reproducible
+
+
+def test_temperature_sharpens_and_flattens():
+    scores = torch.log(torch.tensor([[0.6, 0.4]]))
+    g = torch.Generator().manual_seed(0)
+    cold = sum(int(next_token(scores, 0.1, None, None, g)) for _ in range(400))
+    hot = sum(int(next_token(scores, 5.0, None, None, g)) for _ in range(400))
+    assert cold < 20 and 150 < hot < 250
+
+
+# ---- sample.py --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_gpt2, shared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e",
+                        "--out_dir", out, "--max_iters", "8", "--eval_interval", "8", "--eval_iters", "2",
+                        "--batch_size", "4", "--learning_rate", "1e-2")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_sample_from_a_table_and_from_a_file(trained_run, tmp_path):
+    result = run_script("sample.py", "--out_dir", trained_run, "--start", "name : Aromi | Type : pub",
+                        "--max_new_tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("name : Aromi | Type : pub\n  -> ")
+    tables = tmp_path / "tables.txt"
+    tables.write_text("name : Aromi | Type : pub\n\nname : Cotto | food : Indian\n", encoding="utf-8")
+    result = run_script("sample.py", "--out_dir", trained_run, "--start", f"FILE:{tables}", "--num_beams", "1",
+                        "--temperature", "0.8", "--top_k", "20", "--max_new_tokens", "8",
+                        "--output", tmp_path / "texts.txt")
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "texts.txt").read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_sample_scores_a_split_in_the_papers_layout(trained_run, tmp_path):
+    result = run_script("sample.py", "--out_dir", trained_run, "--split", "dev", "--max_examples", "6",
+                        "--max_new_tokens", "10", "--no-coco", "--output", tmp_path / "dev.txt")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"e2e dev: 6 tables, beam 5, prefix from {trained_run}"
+    assert lines[1].split() == ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"]
+    assert len((tmp_path / "dev.txt").read_text(encoding="utf-8").splitlines()) == 6
+
+
+def test_sample_falls_back_to_the_training_checkpoint(trained_run, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run / "ckpt.pt", run / "ckpt.pt")
+    from_ckpt = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "6")
+    from_export = run_script("sample.py", "--out_dir", trained_run, "--prefix", "final", "--start", "name : Aromi",
+                             "--max_new_tokens", "6")
+    assert from_ckpt.returncode == 0, from_ckpt.stderr
+    assert from_ckpt.stdout == from_export.stdout
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda run, tmp: ["--out_dir", tmp / "missing", "--start", "x"], "there is no training run at"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "FILE:" + str(tmp / "empty.txt")], "holds no tables"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "FILE:" + str(tmp / "nope.txt")], "could not read the tables"),
+    (lambda run, tmp: ["--out_dir", run], "give either --start"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "x", "--temperature", "0.7"], "need --num_beams 1"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "x", "--num_beams", "0"], "--num_beams must be a positive"),
+])
+def test_sample_bad_input_is_one_sentence(trained_run, tmp_path, make_args, message):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    result = run_script("sample.py", *make_args(trained_run, tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_sample_refuses_a_prefix_trained_for_another_model_shape(trained_run, tmp_path):
+    from hub_checkpoint import random_hf_gpt2, write_checkpoint
+    other = write_checkpoint(random_hf_gpt2(n_layer=3, n_head=2, n_embd=32, vocab_size=50257, n_positions=256),
+                             tmp_path / "other")
+    result = run_script("sample.py", "--out_dir", trained_run, "--init_from", other, "--start", "x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "was trained for" in result.stderr and "--init_from" in result.stderr
