@@ -146,7 +146,8 @@ class GPT(nn.Module):
             return self.lm_head(x[:, -1:] if last_only else x), None
         supervised = targets != -100
         logits = self.lm_head(x[supervised])
-        return None, F.cross_entropy(logits.float(), targets[supervised])
+        # the softmax in at least float32 (bf16 logits lose the loss's digits), never below the model's dtype
+        return None, F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets[supervised])
 
     def keys_values(self, idx: Tensor | None = None, embeddings: Tensor | None = None) -> list[KV]:
         """The (K, V) every layer computes for a sequence (token ids or input embeddings), from position 0.

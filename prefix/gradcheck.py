@@ -8,9 +8,6 @@ tolerance, pass/FAIL) and exits non-zero when a row fails. docs/gradients.md der
 Errors are relative: max|got − want| / max|want| (absolute when want is all zeros), so a check cannot pass
 merely because the gradients are tiny. Closed forms must agree to 1e-10 (float64 rounding is ~1e-16); finite
 differences to 1e-6 (their truncation error is O(ε²)). Counts and bitwise comparisons allow no error at all.
-
-The loss is eq. (3) computed here from the GPT's logits (`lm_loss`), not GPT.forward's: that one casts the
-logits to float32, which would leave finite differences at float32 precision.
 """
 from __future__ import annotations
 
@@ -81,8 +78,8 @@ def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def loss_with_prefix(s: Setup, kv: list[KV]) -> Tensor:
-    """The GPT's loss on the batch with per-layer (P_K, P_V) as its prefix."""
-    return lm_loss(s.gpt(s.idx, prefix=kv)[0], s.targets)
+    """The GPT's own loss (eq. 3, in float64 here) on the batch, with per-layer (P_K, P_V) as its prefix."""
+    return s.gpt(s.idx, s.targets, prefix=kv)[1]
 
 
 def loss_of_rows(s: Setup, P: Tensor) -> Tensor:
