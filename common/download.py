@@ -20,11 +20,10 @@ def download(url: str, path, what: str, offline_hint: str) -> Path:
     path = Path(path)
     if path.exists():
         return path
-    print(f"downloading {what}: {url}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
             expected = int(response.headers.get("Content-Length", -1))
-            received = _copy_with_progress(response, tmp, expected)
+            received = _copy_with_progress(response, tmp, expected, what)
             if expected >= 0 and received != expected:
                 raise http.client.IncompleteRead(b"", expected - received)
     except http.client.IncompleteRead:
@@ -33,10 +32,12 @@ def download(url: str, path, what: str, offline_hint: str) -> Path:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # HTTPError is a URLError
         reason = getattr(e, "reason", None) or e
         raise UserError(f"could not download {what} from {url} ({reason}); {offline_hint}") from None
+    if not sys.stderr.isatty():
+        print(f"downloaded {what} ({received / 2**20:.1f} MiB) from {url}", file=sys.stderr)
     return path
 
 
-def _copy_with_progress(response, tmp: Path, total: int) -> int:
+def _copy_with_progress(response, tmp: Path, total: int, what: str) -> int:
     """Copy the response body to `tmp`, drawing a progress bar when stderr is a terminal."""
     received, last_draw = 0, 0.0
     draw = sys.stderr.isatty()
@@ -48,7 +49,7 @@ def _copy_with_progress(response, tmp: Path, total: int) -> int:
                 last_draw = time.monotonic()
                 bar = "#" * (30 * received // total) if total > 0 else ""
                 size = f"{received / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total > 0 else "")
-                print(f"\r  [{bar:<30}] {size} MiB", end="", file=sys.stderr, flush=True)
+                print(f"\r{what} [{bar:<30}] {size} MiB", end="", file=sys.stderr, flush=True)
     if draw:
         print(file=sys.stderr)
     return received

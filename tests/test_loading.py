@@ -181,6 +181,19 @@ def test_interrupted_download_is_detected_and_never_used(hub, tmp_path):
     assert_same_logits(GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache"), hf, vocab=50257)
 
 
+def test_a_terminal_gets_a_progress_bar(hub, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
+    assert "gpt2 model.safetensors [##############################]" in terminal.getvalue()
+
+
 def test_cache_root_follows_the_environment(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFIX_TUNING_CACHE", str(tmp_path / "elsewhere"))
     GPT.from_pretrained("gpt2")
