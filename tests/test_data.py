@@ -97,6 +97,23 @@ def test_e2e_without_data_dir_uses_the_zip_in_the_user_cache(e2e, e2e_dir, tmp_p
     assert len(npz_files(tmp_path / "data" / "e2e")) == 1
 
 
+def test_e2e_is_downloaded_once_when_no_data_dir_is_given(e2e_dir, tmp_path, monkeypatch):
+    import shutil
+    from data import e2e as e2e_module
+    from loopback import FileServer
+    shutil.copy(e2e_dir / "e2e-dataset.zip", tmp_path / "e2e-dataset.zip")
+    server = FileServer(tmp_path)
+    monkeypatch.setattr(e2e_module, "URL", f"{server.url}/e2e-dataset.zip")
+    monkeypatch.setenv("PREFIX_TUNING_CACHE", str(tmp_path / "cache"))
+    try:
+        assert len(load_examples("e2e", "dev")) == 547
+        server.stop()  # the second time, from the cache alone
+        assert len(load_examples("e2e", "test")) == 630
+    finally:
+        server.stop()
+    assert server.requests == ["/e2e-dataset.zip"]
+
+
 # --- WebNLG ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("split, entries, refs, good_refs", [

@@ -1,14 +1,11 @@
 """GPT.from_pretrained: hub layouts and formats, errors, the download path (loopback hub), tokenizer."""
-import http.server
-import threading
-from pathlib import Path
-
 import pytest
 import safetensors.torch
 import torch
 
 from common.errors import UserError
 from hub_checkpoint import random_hf_gpt2, write_checkpoint
+from loopback import FileServer
 from model import GPT
 from model import safetensors as our_safetensors
 from model.tokenizer import from_files, get_tokenizer
@@ -115,44 +112,11 @@ def test_a_file_that_is_not_safetensors(tmp_path):
 
 # ---- downloading from the hub, against a loopback server -------------------------------------------------
 
-class Hub:
-    """Serves <root>/<name>/<file> at /<name>/resolve/main/<file>; files in `cut` stop halfway."""
-
-    def __init__(self, root: Path):
-        self.root, self.cut, self.requests = root, set(), []
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                hub.requests.append(self.path)
-                name, _, _, file = self.path.strip("/").split("/", 3)
-                path = hub.root / name / file
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                body = path.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if file in hub.cut else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def hub(tmp_path, shared, monkeypatch):
     hf = random_hf_gpt2(vocab_size=50257)
-    write_checkpoint(hf, tmp_path / "hub" / "gpt2", tokenizer_dir=shared / "gpt2")
-    server = Hub(tmp_path / "hub")
+    write_checkpoint(hf, tmp_path / "hub" / "gpt2" / "resolve" / "main", tokenizer_dir=shared / "gpt2")
+    server = FileServer(tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     yield server, hf
     server.stop()
@@ -212,7 +176,7 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path, monkeypatch):
 
 def test_missing_file_on_the_hub(hub, tmp_path):
     server, _ = hub
-    (server.root / "gpt2" / "merges.txt").unlink()
+    (server.root / "gpt2" / "resolve" / "main" / "merges.txt").unlink()
     with pytest.raises(UserError, match="could not download gpt2 merges.txt"):
         GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
 
