@@ -41,12 +41,24 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
+class Linear(nn.Linear):
+    """nn.Linear, but on CPU a few rows (a decoding step) are computed as (W·xᵀ)ᵀ: decoding is bound by reading
+    the weights, and MKL streams them 1.3-2x faster that way than for x·Wᵀ (measured up to 32 rows)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.numel() > 64 * x.size(-1):
+            return super().forward(x)
+        rows = x.reshape(-1, x.size(-1)).T
+        y = self.weight @ rows if self.bias is None else torch.addmm(self.bias[:, None], self.weight, rows)
+        return y.T.contiguous().view(*x.shape[:-1], -1)  # dense rows: SDPA's fused CPU kernel needs them
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_proj = Linear(config.n_embd, config.n_embd)
 
     def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None) -> tuple[Tensor, KV]:
         """x: (B, T, C). past: keys/values before x, each (B or 1, n_head, L, head_dim): a prefix or a cache.
@@ -70,8 +82,8 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         width = config.n_inner or 4 * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, width)
-        self.c_proj = nn.Linear(width, config.n_embd)
+        self.c_fc = Linear(config.n_embd, width)
+        self.c_proj = Linear(width, config.n_embd)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
@@ -102,7 +114,7 @@ class GPT(nn.Module):
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
 
@@ -217,4 +229,4 @@ def attention_mask_for(T: int, L: int, key_mask: Tensor | None, device) -> Tenso
     if key_mask is not None:
         itself = allowed & ~torch.ones_like(allowed).tril(diagonal=L - 1)
         allowed = (allowed & key_mask[:, None, :]) | itself
-    return allowed.unsqueeze(-3)
+    return allowed.view(-1, 1, T, L + T)  # 4-D: a 3-D mask sends SDPA on CPU to its slow math path

@@ -125,7 +125,7 @@ def test_left_padded_prompt_then_cached_steps_match_each_row_alone(gpt):
 
 def test_mask_is_causal_from_the_lower_right():
     """With L earlier keys, query i sees keys 0..L+i: the alignment SDPA's is_causal=True gets wrong."""
-    mask = attention_mask_for(T=3, L=2, key_mask=None, device="cpu")[0]
+    mask = attention_mask_for(T=3, L=2, key_mask=None, device="cpu")[0, 0]
     expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     assert torch.equal(mask, expected)
     top_left = torch.ones(3, 5, dtype=torch.bool).tril()

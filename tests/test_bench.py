@@ -1,0 +1,72 @@
+"""bench.py: the useful-FLOP count against a hand count, and quick runs of both sides (no timing asserted)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import main, training_step_flops
+from model import GPTConfig
+
+BENCH = Path(__file__).resolve().parents[1] / "bench.py"
+ROWS = ["training step, s", "training tokens/s", "training peak memory, MiB", "greedy decoding tokens/s",
+        "beam-2 decoding tokens/s", "useful GFLOP/s in training", "matmul peak GFLOP/s", "useful / matmul peak"]
+
+
+def test_useful_flops_equal_a_hand_count():
+    """2 blocks, C = 4 (MLP 16), vocab 10; one row of 3 tokens, the last supervised; prefix 2; prefix MLP 5."""
+    config = GPTConfig(n_layer=2, n_head=1, n_embd=4, vocab_size=10, block_size=16)
+    # a block's weights per token: q, k, v 48, output 16, MLP 64 + 64; a multiply-add is 2 FLOPs.
+    # bottom block: every token; queries see 2+1, 2+2, 2+3 keys, 12 pairs × (QKᵀ + AV) × 2·4
+    bottom_forward = 3 * 2 * 192 + 12 * 2 * 8                   # 1344
+    bottom_backward = 3 * 2 * (16 + 64 + 64) + 2 * 12 * 2 * 8   # no gradient into the frozen embeddings: 1248
+    # top block: K, V for every token, the rest only at the supervised last one, which sees 5 keys
+    top_forward = 3 * 2 * 32 + 2 * (16 + 16 + 64 + 64) + 5 * 2 * 8    # 592
+    top_backward = 3 * 2 * 32 + 2 * (16 + 16 + 64 + 64) + 2 * 5 * 2 * 8  # 672
+    lm_head = 2 * (2 * 4 * 10)                                   # one supervised position, forward and backward
+    prefix_mlp = 3 * 2 * 2 * (4 * 5 + 5 * 2 * 2 * 4)             # 2 rows through 4 → 5 → 16, backward twice
+    expected = bottom_forward + bottom_backward + top_forward + top_backward + lm_head + prefix_mlp
+    assert training_step_flops(config, 1, seq_len=3, supervised=1, prefix_len=2, mid_dim=5) == expected == 5216
+    assert training_step_flops(config, 3, 3, 1, 2, 5) == 3 * (expected - prefix_mlp) + prefix_mlp
+
+
+def run(*flags) -> str:
+    done = subprocess.run([sys.executable, str(BENCH), "--quick", *flags], capture_output=True, text=True,
+                          cwd=BENCH.parent, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_our_side_prints_every_row():
+    out = run()
+    for row in ROWS:
+        assert row in out
+    assert "useful FLOP/s ≥ 70% of the matmul peak" in out
+
+
+def test_compare_peft_runs_both_sides_and_prints_the_ratios():
+    pytest.importorskip("peft")
+    out = run("--compare", "peft")
+    assert "run 1/1 ours:" in out and "run 1/1 peft:" in out
+    table = out[out.index("ours against peft"):]
+    for row in ROWS:
+        assert row in table
+    ratios = [line.rsplit("   ", 1)[1] for line in table.splitlines() if line.endswith(("x faster", "x the memory"))]
+    assert len(ratios) == 5 and ratios[2].endswith("x the memory")
+    for target in ("training step ≥ 1.3x faster than PEFT", "training peak memory no higher than PEFT's",
+                   "greedy decoding ≥ 2.0x faster than PEFT"):
+        assert target in table
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--supervised", "64"], "--supervised 64 must be below --seq_len 64"),
+    (["--n_head", "5"], "--n_embd 768 must be a multiple of --n_head 5"),
+    (["--prefix_len", "1000"], "more than --block_size 1024 positions"),
+    (["--compare", "tf"], "invalid choice"),
+])
+def test_a_bad_flag_is_one_sentence_and_exit_2(flags, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(flags)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err and err.count("\n") == 1
