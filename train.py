@@ -9,6 +9,7 @@ Only the prefix trains (P' and its MLP); the GPT is frozen and stays in eval mod
 MLP) and prefix_best.safetensors (the export at the best validation loss), and log.jsonl (the curves).
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -132,10 +133,14 @@ def main(argv=None):
     if args.max_iters is not None:
         total_iters = min(total_iters, args.max_iters)
 
+    @functools.lru_cache(maxsize=1)
+    def epoch_order(epoch: int) -> torch.Tensor:
+        return torch.randperm(len(train_data), generator=torch.Generator().manual_seed(args.seed + epoch))
+
     def batch_for(it: int):
         """This process's rows of iteration `it`: a slice of the epoch's permutation (wrapping at its end)."""
         epoch, step = divmod(it, steps_per_epoch)
-        order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(args.seed + epoch))
+        order = epoch_order(epoch)
         start = step * global_batch + rank * args.batch_size
         rows = order[torch.arange(start, start + args.batch_size) % len(train_data)]
         return (t.to(device) for t in train_data.batch(rows))
@@ -169,6 +174,10 @@ def main(argv=None):
         optimizer.load_state_dict(checkpoint["optimizer"])
         it, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"][rank])
+        if master and (out_dir / "log.jsonl").exists():  # the curve goes on from the checkpoint: drop later lines
+            kept = [line for line in open(out_dir / "log.jsonl") if json.loads(line)["iter"] <= it]
+            with atomic_path(out_dir / "log.jsonl") as tmp:
+                tmp.write_text("".join(kept))
         say(f"resuming at iteration {it} of {total_iters}")
 
     def save_training_state():
@@ -213,8 +222,9 @@ def main(argv=None):
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(prefix.parameters(), args.grad_clip)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            raise UserError(f"the loss or its gradient became {loss.item()} at iteration {it}; the last good "
-                            f"checkpoint in {out_dir / 'ckpt.pt'} is intact: lower --learning_rate and --resume")
+            raise UserError(f"training diverged at iteration {it} (loss {loss.item():.4g}, gradient norm "
+                            f"{grad_norm.item():.4g}); the last good checkpoint {out_dir / 'ckpt.pt'} is intact: "
+                            f"lower --learning_rate and --resume")
         optimizer.step()
         it += 1
         tokens_seen += idx.numel() * world

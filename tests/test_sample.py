@@ -166,6 +166,17 @@ def test_sample_scores_a_split_in_the_papers_layout(trained_run, tmp_path):
     assert len((tmp_path / "dev.txt").read_text(encoding="utf-8").splitlines()) == 6
 
 
+def test_sample_decodes_an_infix_run(tiny_gpt2, shared, tmp_path):
+    """An infix sits between each table and its text, also when sample.py decodes a batch of tables."""
+    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e", "--out_dir",
+                        tmp_path, "--variant", "infix", "--max_iters", "4", "--eval_interval", "4", "--eval_iters", "1")
+    assert result.returncode == 0, result.stderr
+    result = run_script("sample.py", "--out_dir", tmp_path, "--split", "dev", "--max_examples", "3",
+                        "--max_new_tokens", "5", "--no-coco")
+    assert result.returncode == 0, result.stderr
+    assert "e2e dev: 3 tables" in result.stdout
+
+
 def test_sample_falls_back_to_the_training_checkpoint(trained_run, tmp_path):
     import shutil
     run = tmp_path / "run"
