@@ -153,8 +153,8 @@ class GPT(nn.Module):
             cache = KVCache.start(idx.size(0), prefix, positions_from_zero, device=idx.device)
         elif prefix is not None:
             raise ValueError("give the prefix to KVCache.start, not alongside a cache")
-        x = self._transformer(self.transformer.wte(idx), cache, attention_mask)
-        if targets is None:
+        x = self._transformer(self.transformer.wte(idx), cache, attention_mask)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
+        if targets is None:  # p(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2): the logits W_φ h_i
             return self.lm_head(x[:, -1:] if last_only else x), None
         supervised = targets != -100
         logits = self.lm_head(x[supervised])
