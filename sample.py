@@ -24,6 +24,7 @@ from model.generate import beam_search, generate, left_pad
 from model.loading import checkpoint_dir
 from model.tokenizer import get_tokenizer
 from prefix import PrefixTuning, build_prefix, load_prefix, prefix_metadata
+from prefix.artifact import read_training_checkpoint
 
 NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, one text is one line
 
@@ -72,8 +73,7 @@ def load_run(args, device) -> tuple[GPT, PrefixTuning, object, dict]:
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise UserError(f"there is no training run at {out_dir}; train one with train.py --out_dir {out_dir}")
-    checkpoint = torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=True) \
-        if (out_dir / "ckpt.pt").exists() else None
+    checkpoint = read_training_checkpoint(out_dir / "ckpt.pt") if (out_dir / "ckpt.pt").exists() else None
     exports = [out_dir / f"{name}.safetensors" for name in (("prefix_best", "prefix") if args.prefix == "best"
                                                            else ("prefix", "prefix_best"))]
     export = next((path for path in exports if path.exists()), None)
@@ -101,11 +101,12 @@ def decode(gpt: GPT, prefix: PrefixTuning, tokenizer, tables: list[str], args, d
     eot = tokenizer.eot_token
     banned = NEWLINES if args.ban_newlines else ()
     generator = torch.Generator(device).manual_seed(args.seed)
+    mixed_precision = autocast(device, pick_dtype(args.dtype, device))
     texts = []
     for start in range(0, len(tables), args.batch_size):
         chunk = [prompt_ids(tokenizer, table) for table in tables[start:start + args.batch_size]]
         idx, mask = left_pad(chunk, eot, device)
-        with autocast(device, pick_dtype(args.dtype, device)):
+        with mixed_precision:
             cache, idx, mask = prefix.start_decoding(gpt, idx, mask)
             if args.num_beams > 1:
                 outputs = beam_search(gpt, idx, args.max_new_tokens, args.num_beams, eos_id=eot, cache=cache,

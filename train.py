@@ -30,6 +30,7 @@ from model import GPT
 from model.loading import checkpoint_dir, read_config
 from model.tokenizer import get_tokenizer
 from prefix import VARIANTS, build_prefix, freeze, init_from_text, parameter_report, save_prefix
+from prefix.artifact import read_training_checkpoint
 
 # The paper's table-to-text settings (Li & Liang 2021, Table 6 and §5): AdamW, linear decay, MLP k = 512.
 PAPER = {"e2e": dict(learning_rate=8e-5, batch_size=10, epochs=5),
@@ -87,7 +88,10 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     checkpoint = None
     if args.resume:
-        checkpoint = read_checkpoint(out_dir / "ckpt.pt")
+        if not (out_dir / "ckpt.pt").exists():
+            raise UserError(f"--resume found no {out_dir / 'ckpt.pt'}; start without --resume, or point --out_dir at "
+                            f"an earlier run")
+        checkpoint = read_training_checkpoint(out_dir / "ckpt.pt")
         adopt_run_args(args, checkpoint["args"], argv)
 
     # ---- distributed (torchrun sets RANK), device, precision --------------------------------------------------
@@ -256,15 +260,6 @@ def main(argv=None):
     if ddp:
         check_ranks_agree(prefix, world)
         dist.destroy_process_group()
-
-
-def read_checkpoint(path: Path) -> dict:
-    if not path.exists():
-        raise UserError(f"--resume found no {path}; start without --resume, or point --out_dir at an earlier run")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file raises one of many types
-        raise UserError(f"{path} could not be read ({type(e).__name__}); it may be damaged") from None
 
 
 def run_args(args: argparse.Namespace) -> dict:

@@ -6,6 +6,8 @@ trained for.
 """
 from pathlib import Path
 
+import torch
+
 from common.errors import UserError
 from model import safetensors
 from model.gpt import GPTConfig
@@ -52,6 +54,17 @@ def load_prefix(path, config: GPTConfig) -> PrefixTuning:
                         f"{tuple(prefix.table.shape)}")
     prefix.table.data.copy_(P)
     return prefix.requires_grad_(False).eval()
+
+
+def read_training_checkpoint(path) -> dict:
+    """train.py's ckpt.pt (P', the MLP, AdamW, the schedule and RNG state), read without running any code.
+
+    Memory-mapped, so a caller that needs only the run's settings does not read the optimizer's tensors.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a damaged file raises one of many types
+        raise UserError(f"{path} could not be read ({type(e).__name__}); it may be damaged") from None
 
 
 def describe(n_layer: int, n_head: int, n_embd: int) -> str:

@@ -196,9 +196,12 @@ def test_sample_falls_back_to_the_training_checkpoint(trained_run, tmp_path):
     (lambda run, tmp: ["--out_dir", run], "give either --start"),
     (lambda run, tmp: ["--out_dir", run, "--start", "x", "--temperature", "0.7"], "need --num_beams 1"),
     (lambda run, tmp: ["--out_dir", run, "--start", "x", "--num_beams", "0"], "--num_beams must be a positive"),
+    (lambda run, tmp: ["--out_dir", tmp / "damaged", "--start", "x"], "ckpt.pt could not be read"),
 ])
 def test_sample_bad_input_is_one_sentence(trained_run, tmp_path, make_args, message):
     (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "ckpt.pt").write_bytes(b"not a checkpoint")
     result = run_script("sample.py", *make_args(trained_run, tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and result.stderr.count("\n") == 1
