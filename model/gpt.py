@@ -20,6 +20,8 @@ from torch.nn import functional as F
 
 from common.errors import UserError
 from model.cache import KV, KVCache
+from model.linear import Linear
+from model.loss import lm_head_loss
 
 
 @dataclass
@@ -41,18 +43,6 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
-class Linear(nn.Linear):
-    """nn.Linear, but on CPU a few rows (a decoding step) are computed as (W·xᵀ)ᵀ: decoding is bound by reading
-    the weights, and MKL streams them 1.3-2x faster that way than for x·Wᵀ (measured up to 32 rows)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or x.numel() > 64 * x.size(-1):
-            return super().forward(x)
-        rows = x.reshape(-1, x.size(-1)).T
-        y = self.weight @ rows if self.bias is None else torch.addmm(self.bias[:, None], self.weight, rows)
-        return y.T.contiguous().view(*x.shape[:-1], -1)  # dense rows: SDPA's fused CPU kernel needs them
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -60,21 +50,24 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
         self.c_proj = Linear(config.n_embd, config.n_embd)
 
-    def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None) -> tuple[Tensor, KV]:
+    def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None,
+                queries_from: int = 0) -> tuple[Tensor, KV]:
         """x: (B, T, C). past: keys/values before x, each (B or 1, n_head, L, head_dim): a prefix or a cache.
 
-        mask: bool (B or 1, 1, T, L+T), True where a query may look; None means plain causal when there is
-        no past, and "every key" for the single query of a decoding step. Returns the output and (K', V').
+        Every position of x gives a key and a value; only x[:, queries_from:] ask queries (an output nobody
+        reads is not computed). mask: bool (B or 1, 1, T - queries_from, L+T), True where a query may look;
+        None means plain causal when there is no past, and "every key" for the single query of a decoding
+        step. Returns the output (B, T - queries_from, C) and (K', V').
         """
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q[:, queries_from:], k, v))
         if past is not None:
             past_k, past_v = past
             k = torch.cat([past_k.expand(B, -1, -1, -1), k], dim=2)  # K' = [P_K ; K]  (Li & Liang §4.2)
             v = torch.cat([past_v.expand(B, -1, -1, -1), v], dim=2)  # V' = [P_V ; V]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and past is None)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, -1, C)
         return self.c_proj(y), (k, v)
 
 
@@ -97,9 +90,11 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None) -> tuple[Tensor, KV]:
-        a, kv = self.attn(self.ln_1(x), mask, past)
-        x = x + a
+    def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None,
+                queries_from: int = 0) -> tuple[Tensor, KV]:
+        """The block's output at positions queries_from.. of x, and its (K', V') for all of them."""
+        a, kv = self.attn(self.ln_1(x), mask, past, queries_from)
+        x = x[:, queries_from:] + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv
 
@@ -153,13 +148,14 @@ class GPT(nn.Module):
             cache = KVCache.start(idx.size(0), prefix, positions_from_zero, device=idx.device)
         elif prefix is not None:
             raise ValueError("give the prefix to KVCache.start, not alongside a cache")
-        x = self._transformer(self.transformer.wte(idx), cache, attention_mask)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
+        # the top block computes outputs only from the first position that is read: the last one when decoding,
+        # the first with a target in training (the table half of a row needs keys and values, not outputs)
+        supervised = None if targets is None else targets != -100
+        outputs_from = idx.size(1) - 1 if last_only else 0 if targets is None else int(supervised.any(0).int().argmax())
+        x = self._transformer(self.transformer.wte(idx), cache, attention_mask, outputs_from)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
         if targets is None:  # p(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2): the logits W_φ h_i
-            return self.lm_head(x[:, -1:] if last_only else x), None
-        supervised = targets != -100
-        logits = self.lm_head(x[supervised])
-        # the softmax in at least float32 (bf16 logits lose the loss's digits), never below the model's dtype
-        return None, F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets[supervised])
+            return self.lm_head(x), None
+        return None, lm_head_loss(x[supervised[:, outputs_from:]], self.lm_head.weight, targets[supervised])
 
     def keys_values(self, idx: Tensor | None = None, embeddings: Tensor | None = None) -> list[KV]:
         """The (K, V) every layer computes for a sequence (token ids or input embeddings), from position 0.
@@ -171,8 +167,9 @@ class GPT(nn.Module):
         self._transformer(x, cache, attention_mask=None)
         return cache.layers
 
-    def _transformer(self, x: Tensor, cache: KVCache, attention_mask: Tensor | None) -> Tensor:
-        """Token embeddings (B, T, C) in, final hidden states out; reads and extends `cache`."""
+    def _transformer(self, x: Tensor, cache: KVCache, attention_mask: Tensor | None, outputs_from: int = 0) -> Tensor:
+        """Token embeddings (B, T, C) in, final hidden states at positions outputs_from.. out; reads and
+        extends `cache` with every position's keys and values."""
         B, T, _ = x.shape
         L = cache.length
         real = None if attention_mask is None else attention_mask.bool()
@@ -182,11 +179,14 @@ class GPT(nn.Module):
             past = key_mask if key_mask is not None else x.new_ones(B, L, dtype=torch.bool)
             key_mask = torch.cat([past, real if real is not None else x.new_ones(B, T, dtype=torch.bool)], 1)
         mask = attention_mask_for(T, L, key_mask, x.device)
+        top_mask = attention_mask_for(T, L, key_mask, x.device, outputs_from) if outputs_from else mask
 
         x = x + self.transformer.wpe(positions)
         presents = []
         for i, block in enumerate(self.transformer.h):
-            x, kv = block(x, mask, cache.layers[i] if cache.layers else None)
+            top = i == self.config.n_layer - 1
+            x, kv = block(x, top_mask if top else mask, cache.layers[i] if cache.layers else None,
+                          outputs_from if top else 0)
             presents.append(kv)
         cache.layers, cache.key_mask = presents, key_mask
         cache.next_position = cache.next_position + (T if real is None else real.sum(1))
@@ -215,18 +215,20 @@ class GPT(nn.Module):
                                  f"got {tuple(k.shape)} and {tuple(v.shape)}")
 
 
-def attention_mask_for(T: int, L: int, key_mask: Tensor | None, device) -> Tensor | None:
-    """Which of the L + T keys each of the T new queries may attend to: (B or 1, 1, T, L + T), or None.
+def attention_mask_for(T: int, L: int, key_mask: Tensor | None, device,
+                       queries_from: int = 0) -> Tensor | None:
+    """Which of the L + T keys each new query may attend to: (B or 1, 1, T - queries_from, L + T), or None.
 
-    Query i sits at key index L + i and sees every key up to itself: the causal mask aligned to the
-    lower right. (SDPA's is_causal=True aligns it to the upper left when L > 0, which would hide the
-    prefix from the first tokens.) Padding keys are hidden, but a query always sees itself, so that
-    padding rows stay finite.
+    The queries are the T new positions from queries_from on; query i sits at key index L + i and sees every
+    key up to itself: the causal mask aligned to the lower right. (SDPA's is_causal=True aligns it to the
+    upper left when L > 0, which would hide the prefix from the first tokens.) Padding keys are hidden, but
+    a query always sees itself, so that padding rows stay finite.
     """
-    if key_mask is None and (L == 0 or T == 1):
+    if key_mask is None and (L == 0 or T == 1) and queries_from == 0:
         return None
-    allowed = torch.ones(T, L + T, dtype=torch.bool, device=device).tril(diagonal=L)
+    itself = L + torch.arange(queries_from, T, device=device)[:, None]  # each query's own key index
+    keys = torch.arange(L + T, device=device)
+    allowed = keys <= itself
     if key_mask is not None:
-        itself = allowed & ~torch.ones_like(allowed).tril(diagonal=L - 1)
-        allowed = (allowed & key_mask[:, None, :]) | itself
-    return allowed.view(-1, 1, T, L + T)  # 4-D: a 3-D mask sends SDPA on CPU to its slow math path
+        allowed = (allowed & key_mask[:, None, :]) | (keys == itself)
+    return allowed.view(-1, 1, T - queries_from, L + T)  # 4-D: a 3-D mask sends SDPA on CPU to its slow math path

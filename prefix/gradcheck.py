@@ -122,8 +122,8 @@ def check_attention(s: Setup, backward: Callable = attention_backward) -> list[R
     """Per layer and head: autograd's dL/dP_K, dL/dP_V against the closed form's prefix rows.
 
     Forward hooks record, for every layer of a real forward pass, the attention's input x (after ln_1), its
-    mask, its K' and V' (the module returns them) and O, the heads' output entering c_proj; Q is recomputed
-    from x. Autograd gives dO, and the closed form carries it back to K' and V'.
+    mask, the first position that asks a query, its K' and V' (the module returns them) and O, the heads'
+    output entering c_proj; Q is recomputed from x. Autograd gives dO, and the closed form carries it back to K' and V'.
     """
     attns = [block.attn for block in s.gpt.transformer.h]
     seen: dict[nn.Module, tuple] = {}
@@ -138,9 +138,9 @@ def check_attention(s: Setup, backward: Callable = attention_backward) -> list[R
     n_head, C, P = s.gpt.config.n_head, s.gpt.config.n_embd, s.prefix.prefix_len
     results = []
     for l, attn in enumerate(attns):
-        (x, mask, _), (_, (K, V)) = seen[attn]
+        (x, mask, _, queries_from), (_, (K, V)) = seen[attn]
         with torch.no_grad():
-            Q = heads(attn.c_attn(x)[..., :C], n_head)
+            Q = heads(attn.c_attn(x)[:, queries_from:, :C], n_head)  # the top block asks only where it is read
             dK, dV = backward(Q, K, V, mask, heads(dO[l], n_head))
         dPK, dPV = d_prefix[2 * l], d_prefix[2 * l + 1]
         for h in range(n_head):

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from model.cache import KV, KVCache
 from model.gpt import GPT, GPTConfig
+from model.linear import Linear
 
 
 class PrefixTuning(nn.Module):
@@ -39,7 +40,7 @@ class PrefixTuning(nn.Module):
         width = config.n_layer * 2 * config.n_embd
         # P' (reparameterized) or P (direct); N(0, 1) like the paper's code and PEFT (an nn.Embedding's init)
         self.table = nn.Parameter(torch.randn(prefix_len, config.n_embd if reparam else width))
-        self.mlp = nn.Sequential(nn.Linear(config.n_embd, mid_dim), nn.Tanh(), nn.Linear(mid_dim, width)) \
+        self.mlp = nn.Sequential(Linear(config.n_embd, mid_dim), nn.Tanh(), Linear(mid_dim, width)) \
             if reparam else None
         self.dropout = nn.Dropout(dropout)
 

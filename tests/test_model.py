@@ -130,6 +130,8 @@ def test_mask_is_causal_from_the_lower_right():
     assert torch.equal(mask, expected)
     top_left = torch.ones(3, 5, dtype=torch.bool).tril()
     assert not torch.equal(mask, top_left)
+    later_queries = attention_mask_for(T=3, L=2, key_mask=None, device="cpu", queries_from=1)[0, 0]
+    assert torch.equal(later_queries, expected[1:])
 
 
 def test_loss_is_the_mean_over_positions_with_a_target(gpt):
@@ -144,12 +146,40 @@ def test_loss_is_the_mean_over_positions_with_a_target(gpt):
     torch.testing.assert_close(loss, expected)
 
 
-def test_targets_none_gives_logits_everywhere_and_last_only_the_last(gpt):
+def test_frozen_gpts_loss_and_prefix_gradient_match_the_full_logits(gpt, monkeypatch):
+    """The training path: outputs of the top block only from the first target on, the loss sliced over the
+    vocabulary. With a prefix and right padding, it must equal cross-entropy over logits of every position."""
+    from model import loss as loss_module
+    monkeypatch.setattr(loss_module, "VOCAB_SLICE", 32)  # 97 = 3 slices of 32 and one of 1
+    frozen = GPT(gpt.config).eval().requires_grad_(False)
+    frozen.load_state_dict(gpt.state_dict())
+    idx, targets = tokens(3, 12), tokens(3, 12)
+    targets[:, :5] = -100                       # the first target is at position 5 in every row
+    targets[0, 5:7] = -100
+    attention_mask = torch.ones(3, 12, dtype=torch.long)
+    attention_mask[2, 9:] = 0                   # row 2 is right-padded, and its padding has no target
+    targets[2, 9:] = -100
+    prefix = [(k.clone().requires_grad_(), v.clone().requires_grad_()) for k, v in gpt.keys_values(tokens(1, 4))]
+
+    _, loss = frozen(idx, targets, prefix=prefix, attention_mask=attention_mask)
+    grads = torch.autograd.grad(loss, [t for kv in prefix for t in kv])
+    logits, _ = frozen(idx, prefix=prefix, attention_mask=attention_mask)
+    expected = F.cross_entropy(logits.view(-1, 97), targets.view(-1), ignore_index=-100)
+    expected_grads = torch.autograd.grad(expected, [t for kv in prefix for t in kv])
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_targets_none_gives_logits_everywhere_and_last_only_the_last(gpt, with_prefix):
     idx = tokens(2, 6)
-    logits, loss = gpt(idx)
+    prefix = gpt.keys_values(tokens(1, 3)) if with_prefix else None
+    attention_mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # row 0 left-padded
+    logits, loss = gpt(idx, prefix=prefix, attention_mask=attention_mask)
     assert loss is None and logits.shape == (2, 6, 97)
-    last, _ = gpt(idx, last_only=True)
-    torch.testing.assert_close(last, logits[:, -1:])
+    last, _ = gpt(idx, prefix=prefix, attention_mask=attention_mask, last_only=True)
+    torch.testing.assert_close(last, logits[:, -1:], atol=1e-6, rtol=1e-6)
 
 
 def test_lm_head_is_tied_to_the_token_embedding(gpt):

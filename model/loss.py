@@ -1,0 +1,55 @@
+"""The language-modeling loss at the positions that have a target: −log softmax(W_φ h_i)[z_{i+1}], averaged.
+
+On CPU in float32 with a frozen LM head, the logits are computed a slice of the vocabulary at a time: each
+(N, 4096) slice stays in cache while its logsumexp is taken, and the backward pass reuses it for the softmax.
+That is the same math as F.cross_entropy(h·Wᵀ) without its separate passes over (N, vocab) logits, and
+oneDNN runs the narrow matmuls faster than one wide one.
+"""
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from model.linear import onednn_matmul_t, takes_onednn
+
+VOCAB_SLICE = 4096  # vocabulary rows per matmul: (N, 4096) float32 logits fit the cache for a few hundred N
+
+
+def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of the logits h·Wᵀ (eq. 2) against targets: h (N, C), weight (vocab, C), targets (N,)."""
+    if takes_onednn(h, weight) and not weight.requires_grad:
+        return _SlicedCrossEntropy.apply(h, weight, targets)
+    logits = F.linear(h, weight)
+    # the softmax in at least float32 (bf16 logits lose the loss's digits), never below the model's dtype
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
+
+
+class _SlicedCrossEntropy(torch.autograd.Function):
+    """loss = mean_i (logsumexp_v z_iv − z_i,t_i), z = h·Wᵀ; d loss / dh = (softmax(z) − onehot(t))·W / N."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+        slices = [onednn_matmul_t(h, w) for w in weight.split(VOCAB_SLICE)]  # W_φ h_i  (eq. 2)
+        log_normalizer = torch.stack([z.logsumexp(-1) for z in slices]).logsumexp(0)
+        target_logit = h.new_empty(h.size(0))
+        for start, z in zip(range(0, weight.size(0), VOCAB_SLICE), slices):
+            rows, columns = _targets_in(targets, start, z.size(1))
+            target_logit[rows] = z[rows, columns]
+        ctx.save_for_backward(h, weight, targets, log_normalizer, *slices)
+        return (log_normalizer - target_logit).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, weight, targets, log_normalizer, *slices = ctx.saved_tensors
+        dh = torch.zeros_like(h)
+        for start, z, w in zip(range(0, weight.size(0), VOCAB_SLICE), slices, weight.split(VOCAB_SLICE)):
+            dz = (z - log_normalizer[:, None]).exp_()  # softmax(z), this slice of the vocabulary
+            rows, columns = _targets_in(targets, start, z.size(1))
+            dz[rows, columns] -= 1
+            dh += onednn_matmul_t(dz, w.t())
+        return dh.mul_(grad / h.size(0)), None, None
+
+
+def _targets_in(targets: Tensor, start: int, width: int) -> tuple[Tensor, Tensor]:
+    """The rows whose target lies in vocabulary slice [start, start + width), and its column there."""
+    rows = ((targets >= start) & (targets < start + width)).nonzero().squeeze(1)
+    return rows, targets[rows] - start
