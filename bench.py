@@ -34,6 +34,7 @@ import torch
 
 from common import UserError, exit_on_user_error
 from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
+from common.memory import reuse_freed_memory
 from model import GPT, GPTConfig
 from model.generate import beam_search, generate
 from model.linear import onednn_matmul_t, takes_onednn
@@ -214,7 +215,8 @@ def peft_side(args, device, dtype):
 # ---- measuring -----------------------------------------------------------------------------------------------
 
 def measure(args) -> dict:
-    """Everything this process measures, for args.side."""
+    """Everything this process measures, for args.side (both sides with malloc recycling memory, as in train.py)."""
+    reuse_freed_memory()
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     torch.manual_seed(0)

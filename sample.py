@@ -17,6 +17,7 @@ import torch
 
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
+from common.memory import reuse_freed_memory
 from data import category_subset, load_examples, prompt_ids
 from metrics import bleu, e2e_scores, format_scores
 from model import GPT
@@ -156,6 +157,7 @@ def report(dataset: str, examples, texts: list[str], coco: bool) -> str:
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
+    reuse_freed_memory()
     device = pick_device(args.device)
     tables = read_tables(args.start) if args.start is not None else None
     gpt, prefix, tokenizer, trained = load_run(args, device)

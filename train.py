@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
+from common.memory import reuse_freed_memory
 from data import tokenized_split
 from model import GPT
 from model.loading import checkpoint_dir, read_config
@@ -85,6 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
+    reuse_freed_memory()
     out_dir = Path(args.out_dir)
     checkpoint = None
     if args.resume:

@@ -28,8 +28,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tupl
 
 @torch.no_grad()
 def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | None = None,
-             cache: KVCache | None = None, attention_mask: Tensor | None = None, positions_from_zero: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             cache: KVCache | None = None, attention_mask: Tensor | None = None, positions_from_zero: bool = False,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              banned_ids: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
     """Continue each row of idx (B, T) by up to max_new_tokens; temperature 0 means greedy.
 

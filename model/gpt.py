@@ -148,11 +148,15 @@ class GPT(nn.Module):
             cache = KVCache.start(idx.size(0), prefix, positions_from_zero, device=idx.device)
         elif prefix is not None:
             raise ValueError("give the prefix to KVCache.start, not alongside a cache")
-        # the top block computes outputs only from the first position that is read: the last one when decoding,
-        # the first with a target in training (the table half of a row needs keys and values, not outputs)
-        supervised = None if targets is None else targets != -100
-        outputs_from = idx.size(1) - 1 if last_only else 0 if targets is None else int(supervised.any(0).int().argmax())
-        x = self._transformer(self.transformer.wte(idx), cache, attention_mask, outputs_from)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
+        # The top block computes only the outputs that are read: from the first target on in training (the table
+        # half of a row needs keys and values, not outputs), the last position when decoding.
+        if targets is not None:
+            supervised = targets != -100
+            outputs_from = int(supervised.any(0).int().argmax())
+        else:
+            outputs_from = idx.size(1) - 1 if last_only else 0
+        x = self.transformer.wte(idx)
+        x = self._transformer(x, cache, attention_mask, outputs_from)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
         if targets is None:  # p(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2): the logits W_φ h_i
             return self.lm_head(x), None
         return None, lm_head_loss(x[supervised[:, outputs_from:]], self.lm_head.weight, targets[supervised])

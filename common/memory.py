@@ -1,0 +1,21 @@
+"""Let glibc's malloc reuse freed memory instead of handing every large block back to the OS.
+
+PyTorch's CPU tensors come from malloc. By default glibc returns a freed block of more than ~128 KiB to the
+OS at once, so the next tensor of that size faults its memory back in a 4 KiB page at a time: on the 2-core
+build VM a GPT-2-small training step paid ~40,000 such faults, ~50 ms of a 0.65 s step. With the thresholds
+raised, blocks up to 32 MiB are recycled inside the process. The price is that memory freed after a peak
+stays with the process until it exits, which suits a training or decoding run.
+"""
+import ctypes
+import platform
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+LARGEST_RECYCLED = 32 << 20                  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
+
+
+def reuse_freed_memory() -> bool:
+    """Raise glibc's thresholds for this process; False where the C library is not glibc (nothing changes)."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    return bool(mallopt(M_MMAP_THRESHOLD, LARGEST_RECYCLED)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
