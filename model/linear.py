@@ -3,14 +3,18 @@
 PyTorch multiplies float32 matrices on CPU with MKL, and MKL takes a slower code path on non-Intel CPUs:
 on the AMD EPYC this project is built on it reaches ~200 GFLOP/s where oneDNN, which ships inside PyTorch
 too, reaches ~450, and it is 2x slower for the few rows of a decoding step. The math is the same
-(y = x·Wᵀ + b in float32); only the kernel differs. Anything else (other dtypes, autocast, GPUs, a torch
-built without oneDNN, torch.backends.mkldnn.enabled = False) takes nn.Linear's path.
+(y = x·Wᵀ + b in float32); only the kernel differs. Anything else (other dtypes, autocast, GPUs, CPUs other
+than x86-64, where this was not measured, a torch built without oneDNN, torch.backends.mkldnn.enabled = False)
+takes nn.Linear's path.
 """
+import platform
+
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_ONEDNN = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def onednn_matmul_t(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:

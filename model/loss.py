@@ -15,7 +15,10 @@ VOCAB_SLICE = 1024  # vocabulary rows per matmul: (N, 1024) float32 logits stay 
 
 
 def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of the logits h·Wᵀ (eq. 2) against targets: h (N, C), weight (vocab, C), targets (N,)."""
+    """−(1/N) Σ_i log p(t_i | h_i), p = softmax(W_φ h_i)  (eqs. 2 and 3).
+
+    h (N, C): the final hidden states at the N positions with a target; weight (vocab, C); targets (N,) ids.
+    """
     if takes_onednn(h, weight) and not weight.requires_grad:
         return _SlicedCrossEntropy.apply(h, weight, targets)
     logits = F.linear(h, weight)
@@ -28,6 +31,9 @@ class _SlicedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+        if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < weight.size(0):
+            raise ValueError(f"targets must be token ids in [0, {weight.size(0)}), "
+                             f"got {int(targets.min())}..{int(targets.max())}")
         slices = [onednn_matmul_t(h, w) for w in weight.split(VOCAB_SLICE)]  # W_φ h_i  (eq. 2)
         log_normalizer = torch.stack([z.logsumexp(-1) for z in slices]).logsumexp(0)
         target_logit = h.new_empty(h.size(0))

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from model.linear import _ONEDNN, Linear
 
-onednn = pytest.mark.skipif(not _ONEDNN, reason="this torch was built without oneDNN: Linear is nn.Linear here")
+onednn = pytest.mark.skipif(not _ONEDNN, reason="no oneDNN path here: a CPU other than x86-64, or a "
+                                                "torch without oneDNN")
 
 
 def layer(bias: bool, frozen: bool = False) -> Linear:

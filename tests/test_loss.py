@@ -7,6 +7,9 @@ from model import loss as loss_module
 from model.linear import _ONEDNN
 from model.loss import lm_head_loss
 
+sliced = pytest.mark.skipif(not _ONEDNN, reason="no oneDNN path here: a CPU other than x86-64, or a "
+                                                "torch without oneDNN")
+
 
 def problem(vocab=97, n=23):
     torch.manual_seed(0)
@@ -25,7 +28,7 @@ def reference(h, weight, targets):
     return loss.float(), h64.grad.float()
 
 
-@pytest.mark.skipif(not _ONEDNN, reason="this torch was built without oneDNN: the loss is F.cross_entropy here")
+@sliced
 def test_sliced_loss_and_gradient_match_the_full_logits(monkeypatch):
     monkeypatch.setattr(loss_module, "VOCAB_SLICE", 16)  # 97 = 6 slices of 16 and one of 1
     h, weight, targets = problem()
@@ -47,3 +50,12 @@ def test_other_cases_take_f_cross_entropy(case):
     loss = lm_head_loss(h, weight, targets)
     assert type(loss.grad_fn).__name__ != "_SlicedCrossEntropyBackward"
     torch.testing.assert_close(loss, F.cross_entropy(h @ weight.T, targets).to(loss.dtype))
+
+
+@sliced
+@pytest.mark.parametrize("bad", [-100, 97])
+def test_a_target_outside_the_vocabulary_raises(bad):
+    h, weight, targets = problem()
+    targets[5] = bad
+    with pytest.raises(ValueError, match="token ids"):
+        lm_head_loss(h, weight, targets)

@@ -25,7 +25,7 @@ def page_faults(mode: str) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's thresholds are glibc's; elsewhere it's a no-op")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's; elsewhere nothing changes")
 def test_freed_tensors_are_recycled_instead_of_faulted_in_again():
     default, reused = page_faults("default"), page_faults("reuse")
     assert default > 40 * 500   # ~1,000 faults per 4 MiB tensor: glibc returned each one to the OS
