@@ -2,7 +2,7 @@
 
 PyTorch multiplies float32 matrices on CPU with MKL, and MKL takes a slower code path on non-Intel CPUs:
 on the AMD EPYC this project is built on it reaches ~200 GFLOP/s where oneDNN, which ships inside PyTorch
-too, reaches ~450, and it is 2x slower for the few rows of a decoding step. The math is the same
+too, reaches ~450; on the few rows of a decoding step MKL is 1.7x slower. The math is the same
 (y = x·Wᵀ + b in float32); only the kernel differs. Anything else (other dtypes, autocast, GPUs, CPUs other
 than x86-64, where this was not measured, a torch built without oneDNN, torch.backends.mkldnn.enabled = False)
 takes nn.Linear's path.
