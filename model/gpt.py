@@ -51,17 +51,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(config.n_embd, config.n_embd)
 
     def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None,
-                queries_from: int = 0) -> tuple[Tensor, KV]:
+                outputs_from: int = 0) -> tuple[Tensor, KV]:
         """x: (B, T, C). past: keys/values before x, each (B or 1, n_head, L, head_dim): a prefix or a cache.
 
-        Every position of x gives a key and a value; only x[:, queries_from:] ask queries (an output nobody
-        reads is not computed). mask: bool (B or 1, 1, T - queries_from, L+T), True where a query may look;
+        Every position of x gives a key and a value; only x[:, outputs_from:] ask queries (an output nobody
+        reads is not computed). mask: bool (B or 1, 1, T - outputs_from, L+T), True where a query may look;
         None means plain causal when there is no past, and "every key" for the single query of a decoding
-        step. Returns the output (B, T - queries_from, C) and (K', V').
+        step. Returns the output (B, T - outputs_from, C) and (K', V').
         """
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q[:, queries_from:], k, v))
+        q, k, v = (t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q[:, outputs_from:], k, v))
         if past is not None:
             past_k, past_v = past
             k = torch.cat([past_k.expand(B, -1, -1, -1), k], dim=2)  # K' = [P_K ; K]  (Li & Liang §4.2)
@@ -91,10 +91,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None,
-                queries_from: int = 0) -> tuple[Tensor, KV]:
-        """The block's output at positions queries_from.. of x, and its (K', V') for all of them."""
-        a, kv = self.attn(self.ln_1(x), mask, past, queries_from)
-        x = x[:, queries_from:] + a
+                outputs_from: int = 0) -> tuple[Tensor, KV]:
+        """The block's output at positions outputs_from.. of x, and its (K', V') for all of them."""
+        a, kv = self.attn(self.ln_1(x), mask, past, outputs_from)
+        x = x[:, outputs_from:] + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv
 
@@ -220,19 +220,19 @@ class GPT(nn.Module):
 
 
 def attention_mask_for(T: int, L: int, key_mask: Tensor | None, device,
-                       queries_from: int = 0) -> Tensor | None:
-    """Which of the L + T keys each new query may attend to: (B or 1, 1, T - queries_from, L + T), or None.
+                       outputs_from: int = 0) -> Tensor | None:
+    """Which of the L + T keys each new query may attend to: (B or 1, 1, T - outputs_from, L + T), or None.
 
-    The queries are the T new positions from queries_from on; query i sits at key index L + i and sees every
+    The queries are the T new positions from outputs_from on; query i sits at key index L + i and sees every
     key up to itself: the causal mask aligned to the lower right. (SDPA's is_causal=True aligns it to the
     upper left when L > 0, which would hide the prefix from the first tokens.) Padding keys are hidden, but
     a query always sees itself, so that padding rows stay finite.
     """
-    if key_mask is None and (L == 0 or T == 1) and queries_from == 0:
+    if key_mask is None and (L == 0 or T == 1) and outputs_from == 0:
         return None
-    itself = L + torch.arange(queries_from, T, device=device)[:, None]  # each query's own key index
+    itself = L + torch.arange(outputs_from, T, device=device)[:, None]  # each query's own key index
     keys = torch.arange(L + T, device=device)
     allowed = keys <= itself
     if key_mask is not None:
         allowed = (allowed & key_mask[:, None, :]) | (keys == itself)
-    return allowed.view(-1, 1, T - queries_from, L + T)  # 4-D: a 3-D mask sends SDPA on CPU to its slow math path
+    return allowed.view(-1, 1, T - outputs_from, L + T)  # 4-D: a 3-D mask sends SDPA on CPU to its slow math path

@@ -138,9 +138,9 @@ def check_attention(s: Setup, backward: Callable = attention_backward) -> list[R
     n_head, C, P = s.gpt.config.n_head, s.gpt.config.n_embd, s.prefix.prefix_len
     results = []
     for l, attn in enumerate(attns):
-        (x, mask, _, queries_from), (_, (K, V)) = seen[attn]
+        (x, mask, _, outputs_from), (_, (K, V)) = seen[attn]
         with torch.no_grad():
-            Q = heads(attn.c_attn(x)[:, queries_from:, :C], n_head)  # the top block asks only where it is read
+            Q = heads(attn.c_attn(x)[:, outputs_from:, :C], n_head)  # the top block asks only where it is read
             dK, dV = backward(Q, K, V, mask, heads(dO[l], n_head))
         dPK, dPV = d_prefix[2 * l], d_prefix[2 * l + 1]
         for h in range(n_head):

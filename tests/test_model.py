@@ -130,7 +130,7 @@ def test_mask_is_causal_from_the_lower_right():
     assert torch.equal(mask, expected)
     top_left = torch.ones(3, 5, dtype=torch.bool).tril()
     assert not torch.equal(mask, top_left)
-    later_queries = attention_mask_for(T=3, L=2, key_mask=None, device="cpu", queries_from=1)[0, 0]
+    later_queries = attention_mask_for(T=3, L=2, key_mask=None, device="cpu", outputs_from=1)[0, 0]
     assert torch.equal(later_queries, expected[1:])
 
 
