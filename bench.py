@@ -12,7 +12,9 @@ Speed does not depend on the weights' values, so both models are random and noth
                  beam search, the prefix computed inside the timed call; end-of-text is banned on both sides,
                  so every row gets all its tokens. Tokens/s counts the tokens returned (one text per row).
   matmul peak    the best FLOP/s of a square matmul (float32 on CPU, bfloat16 on a GPU) with torch's threads as
-                 configured; the step's useful FLOP/s (training_step_flops) are given as a share of it.
+                 configured, by torch.matmul or, where the model uses it, oneDNN (model/linear.py), whichever
+                 is faster; the step's useful FLOP/s (training_step_flops) are given as a share of it.
+Both sides train with fused AdamW and run with malloc recycling freed memory (common/memory.py), as train.py does.
 Peak memory is what the training steps (warm-up included) add to the process once the model is built: on CPU
 the resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs after malloc_trim hands freed
 heap back) minus the resident size before the first step; on CUDA torch.cuda.max_memory_allocated minus the
