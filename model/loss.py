@@ -27,7 +27,7 @@ def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
 
 
 class _SlicedCrossEntropy(torch.autograd.Function):
-    """loss = mean_i (logsumexp_v z_iv − z_i,t_i), z = h·Wᵀ; d loss / dh = (softmax(z) − onehot(t))·W / N."""
+    """loss = mean_i (logsumexp_v z_iv − z_i,t_i), z = h·Wᵀ; d loss / dh_i = (softmax(z_i)·W − W[t_i]) / N."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
@@ -36,26 +36,15 @@ class _SlicedCrossEntropy(torch.autograd.Function):
                              f"got {int(targets.min())}..{int(targets.max())}")
         slices = [onednn_matmul_t(h, w) for w in weight.split(VOCAB_SLICE)]  # W_φ h_i  (eq. 2)
         log_normalizer = torch.stack([z.logsumexp(-1) for z in slices]).logsumexp(0)
-        target_logit = h.new_empty(h.size(0))
-        for start, z in zip(range(0, weight.size(0), VOCAB_SLICE), slices):
-            rows, columns = _targets_in(targets, start, z.size(1))
-            target_logit[rows] = z[rows, columns]
+        target_logit = (h * weight[targets]).sum(-1)
         ctx.save_for_backward(h, weight, targets, log_normalizer, *slices)
         return (log_normalizer - target_logit).mean()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         h, weight, targets, log_normalizer, *slices = ctx.saved_tensors
-        dh = torch.zeros_like(h)
-        for start, z, w in zip(range(0, weight.size(0), VOCAB_SLICE), slices, weight.split(VOCAB_SLICE)):
-            dz = (z - log_normalizer[:, None]).exp_()  # softmax(z), this slice of the vocabulary
-            rows, columns = _targets_in(targets, start, z.size(1))
-            dz[rows, columns] -= 1
-            dh += onednn_matmul_t(dz, w.t())
+        dh = -weight[targets]  # the one-hot term: −W[t_i]
+        for z, w in zip(slices, weight.split(VOCAB_SLICE)):
+            softmax = (z - log_normalizer[:, None]).exp_()  # this slice of the vocabulary
+            dh += onednn_matmul_t(softmax, w.t())
         return dh.mul_(grad / h.size(0)), None, None
-
-
-def _targets_in(targets: Tensor, start: int, width: int) -> tuple[Tensor, Tensor]:
-    """The rows whose target lies in vocabulary slice [start, start + width), and its column there."""
-    rows = ((targets >= start) & (targets < start + width)).nonzero().squeeze(1)
-    return rows, targets[rows] - start

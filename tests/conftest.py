@@ -4,8 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from model.linear import _ONEDNN
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+# the float32 CPU path of model/linear.py and model/loss.py
+needs_onednn = pytest.mark.skipif(not _ONEDNN, reason="no oneDNN path here: a CPU other than x86-64, or a torch "
+                                                      "without oneDNN")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -3,10 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.linear import _ONEDNN, Linear
-
-onednn = pytest.mark.skipif(not _ONEDNN, reason="no oneDNN path here: a CPU other than x86-64, or a "
-                                                "torch without oneDNN")
+from model.linear import Linear
+from tests.conftest import needs_onednn
 
 
 def layer(bias: bool, frozen: bool = False) -> Linear:
@@ -18,7 +16,7 @@ def layer(bias: bool, frozen: bool = False) -> Linear:
     return lin.requires_grad_(not frozen)
 
 
-@onednn
+@needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(7, 24), (3, 5, 24), (1, 1, 24)])
 def test_values_and_gradients_match_float64(bias, shape):
@@ -41,14 +39,14 @@ def test_values_and_gradients_match_float64(bias, shape):
         torch.testing.assert_close(lin.bias.grad, b64.grad.float(), atol=1e-5, rtol=1e-5)
 
 
-@onednn
+@needs_onednn
 def test_strided_input_is_read_correctly():
     lin = layer(bias=True)
     x = torch.randn(24, 6).t()  # a transposed view
     torch.testing.assert_close(lin(x), F.linear(x.contiguous(), lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
 
 
-@onednn
+@needs_onednn
 def test_frozen_layer_keeps_no_input_for_backward_and_gives_no_weight_gradient():
     lin = layer(bias=True, frozen=True)
     x = torch.randn(4, 24, requires_grad=True)

@@ -4,11 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from model import loss as loss_module
-from model.linear import _ONEDNN
 from model.loss import lm_head_loss
-
-sliced = pytest.mark.skipif(not _ONEDNN, reason="no oneDNN path here: a CPU other than x86-64, or a "
-                                                "torch without oneDNN")
+from tests.conftest import needs_onednn
 
 
 def problem(vocab=97, n=23):
@@ -28,7 +25,7 @@ def reference(h, weight, targets):
     return loss.float(), h64.grad.float()
 
 
-@sliced
+@needs_onednn
 def test_sliced_loss_and_gradient_match_the_full_logits(monkeypatch):
     monkeypatch.setattr(loss_module, "VOCAB_SLICE", 16)  # 97 = 6 slices of 16 and one of 1
     h, weight, targets = problem()
@@ -52,7 +49,7 @@ def test_other_cases_take_f_cross_entropy(case):
     torch.testing.assert_close(loss, F.cross_entropy(h @ weight.T, targets).to(loss.dtype))
 
 
-@sliced
+@needs_onednn
 @pytest.mark.parametrize("bad", [-100, 97])
 def test_a_target_outside_the_vocabulary_raises(bad):
     h, weight, targets = problem()
