@@ -18,7 +18,7 @@ import torch
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
-from data import category_subset, load_examples, prompt_ids
+from data import DATASETS, SPLITS, category_subset, load_examples, prompt_ids
 from metrics import bleu, e2e_scores, format_scores
 from model import GPT
 from model.generate import beam_search, generate, left_pad
@@ -36,8 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--prefix", default="best", choices=["best", "final"], help="which export of the run")
     p.add_argument("--init_from", default=None, help="the base GPT-2 (default: the one the prefix was trained on)")
     p.add_argument("--start", default=None, help='a table, or "FILE:path" with one table per line')
-    p.add_argument("--split", default=None, choices=["train", "dev", "test"], help="decode a dataset split and score it")
-    p.add_argument("--dataset", default=None, choices=["e2e", "webnlg"], help="(default: the run's)")
+    p.add_argument("--split", default=None, choices=SPLITS, help="decode a dataset split and score it")
+    p.add_argument("--dataset", default=None, choices=list(DATASETS), help="(default: the run's)")
     p.add_argument("--data_dir", default=None, help="a local copy of the dataset (default: the download)")
     p.add_argument("--max_examples", type=int, default=None, help="decode only the first N tables of the split")
     p.add_argument("--num_beams", type=int, default=5, help="beam search width; 1 decodes greedily or samples")

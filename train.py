@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
-from data import tokenized_split
+from data import IGNORE_INDEX, tokenized_split
 from model import GPT
 from model.loading import checkpoint_dir, read_config
 from model.tokenizer import get_tokenizer
@@ -171,7 +171,7 @@ def main(argv=None):
                                                                       min((b + 1) * args.batch_size, len(val_data)))))
             with mixed_precision:
                 loss = prefix.loss(model, idx, targets)
-            n = int((targets != -100).sum())
+            n = int((targets != IGNORE_INDEX).sum())
             total, count = total + loss.item() * n, count + n
         prefix.train()
         return total / count

@@ -42,10 +42,11 @@ def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | 
         cache = KVCache.start(B, prefix, positions_from_zero, device=idx.device)
     logits, _ = model(idx, attention_mask=attention_mask, cache=cache, last_only=True)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    banned = torch.tensor(banned_ids, dtype=torch.long, device=idx.device)
     out = []
     for _ in range(max_new_tokens):
         scores = logits[:, -1].float()
-        scores[:, list(banned_ids)] = float("-inf")
+        scores[:, banned] = float("-inf")
         token = next_token(scores, temperature, top_k, top_p, generator)
         if eos_id is not None:
             token = token.masked_fill(finished, eos_id)
@@ -68,8 +69,9 @@ def next_token(scores: Tensor, temperature: float, top_k: int | None, top_p: flo
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if top_p is not None:  # keep the smallest set whose probability reaches top_p (the nucleus)
         sorted_scores, order = scores.sort(-1, descending=True)
-        before = sorted_scores.softmax(-1).cumsum(-1) - sorted_scores.softmax(-1)  # mass of the better tokens
-        drop = (before >= top_p).scatter(-1, order, before >= top_p)
+        probs = sorted_scores.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= top_p  # the better tokens already hold top_p
+        drop = outside.scatter(-1, order, outside)
         scores = scores.masked_fill(drop, float("-inf"))
     return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
 
@@ -98,9 +100,10 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
     beam_tokens: list[list[int]] = [[] for _ in range(B * num_beams)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (score, tokens), best first
     done = [False] * B
+    banned = torch.tensor(banned_ids, dtype=torch.long, device=idx.device)
     for step in range(1, max_new_tokens + 1):
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
-        logp[:, list(banned_ids)] = float("-inf")
+        logp[:, banned] = float("-inf")
         candidates = (beam_scores.view(-1, 1) + logp).view(B, num_beams * V)
         top_scores, top_ids = candidates.topk(2 * num_beams, dim=1)  # 2x, so eos candidates can't starve the beams
         top_scores, top_ids = top_scores.tolist(), top_ids.tolist()

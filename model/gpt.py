@@ -168,12 +168,12 @@ class GPT(nn.Module):
         """
         x = self.transformer.wte(idx) if embeddings is None else embeddings
         cache = KVCache.start(x.size(0), device=x.device)
-        self._transformer(x, cache, attention_mask=None)
+        self._transformer(x, cache, attention_mask=None, outputs_from=x.size(1) - 1)  # outputs unused: just one
         return cache.layers
 
     def _transformer(self, x: Tensor, cache: KVCache, attention_mask: Tensor | None, outputs_from: int = 0) -> Tensor:
-        """Token embeddings (B, T, C) in, final hidden states at positions outputs_from.. out; reads and
-        extends `cache` with every position's keys and values."""
+        """h_i = LM_φ(z_i, h_<i) (eq. 1): token embeddings (B, T, C) in, final hidden states at positions
+        outputs_from.. out; reads and extends `cache` with every position's keys and values."""
         B, T, _ = x.shape
         L = cache.length
         real = None if attention_mask is None else attention_mask.bool()

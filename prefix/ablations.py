@@ -37,6 +37,7 @@ class InfixTuning(PrefixTuning):
     placement = "infix"
 
     def loss(self, gpt: GPT, idx: Tensor, targets: Tensor, kv: list[KV] | None = None) -> Tensor:
+        """Eq. (3) with the infix between table and text: the mean -log p(text | table, infix)."""
         kv = self(idx.size(0)) if kv is None else kv
         sep = (targets != -100).int().argmax(1)  # each row's separator: where its targets begin
         X, Y = int(sep.max()), int((idx.size(1) - sep).max())
@@ -59,7 +60,7 @@ class InfixTuning(PrefixTuning):
         B, P = tables.size(0), self.prefix_len
         cache = KVCache.start(B, device=tables.device)
         with torch.no_grad():  # the tables' keys and values do not depend on the infix
-            gpt(tables, attention_mask=attention_mask, cache=cache)
+            gpt(tables, attention_mask=attention_mask, cache=cache, last_only=True)  # for the cache only
         cache.layers = [(torch.cat([k, ik], 2), torch.cat([v, iv], 2)) for (k, v), (ik, iv) in zip(cache.layers, kv)]
         if cache.key_mask is not None:
             cache.key_mask = torch.cat([cache.key_mask, cache.key_mask.new_ones(B, P)], 1)

@@ -1,9 +1,11 @@
 """Prefix-tuning (Li & Liang, 2021): a trainable prefix P steers a frozen GPT-2.
 
 Equations of the paper and where they live:
-  (3)  max_θ  Σ_{i∈Y_idx} log p(z_i | h_<i)       PrefixTuning.loss (the GPT's cross-entropy over the text)
-  (4)  h_i = P_θ[i,:] for i ∈ P_idx               prefix_keys_values: P as every layer's keys and values
-  (5)  P_θ[i,:] = MLP_θ(P'_θ[i,:])                 PrefixTuning.activations
+  (1)  h_i = LM_φ(z_i, h_<i)                     GPT._transformer (model/gpt.py): the frozen GPT-2
+  (2)  p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)    GPT.forward's logits; lm_head_loss (model/loss.py)
+  (3)  max_θ  Σ_{i∈Y_idx} log p(z_i | h_<i)      PrefixTuning.loss (the GPT's cross-entropy over the text)
+  (4)  h_i = P_θ[i,:] for i ∈ P_idx              prefix_keys_values: P as every layer's keys and values
+  (5)  P_θ[i,:] = MLP_θ(P'_θ[i,:])               PrefixTuning.activations
 and in model/gpt.py, CausalSelfAttention: K' = [P_K ; K], V' = [P_V ; V].
 
 In a transformer, what a prefix position contributes to later tokens is its key and value in every layer,
