@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from common import UserError, exit_on_user_error
-from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
+from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from model import GPT, GPTConfig
 from model.generate import beam_search, generate
@@ -82,12 +82,9 @@ def parse_args(argv=None):
     if args.quick:
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
-    for name in ("repeats", "n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "supervised", "prefix_len",
-                 "mid_dim", "steps", "new_tokens", "beams", "matmul_size"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
+    check_ranges(args, positive=("repeats", "n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "supervised",
+                                  "prefix_len", "mid_dim", "steps", "new_tokens", "beams", "matmul_size"),
+                 at_least_zero=("warmup",))
     if args.n_embd % args.n_head:
         raise UserError(f"--n_embd {args.n_embd} must be a multiple of --n_head {args.n_head}")
     if args.supervised >= args.seq_len:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from common import UserError, atomic_path, exit_on_user_error
-from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
+from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from data import DATASETS, SPLITS, category_subset, load_examples, prompt_ids
 from metrics import bleu, e2e_scores, format_scores
@@ -58,9 +58,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if (args.start is None) == (args.split is None):
         raise UserError("give either --start (tables to generate from) or --split (a dataset split to score)")
-    for name in ("num_beams", "max_new_tokens", "batch_size"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    check_ranges(args, positive=("num_beams", "max_new_tokens", "batch_size", "max_examples", "top_k"),
+                 at_least_zero=("temperature",))
+    if args.output and (Path(args.output).is_dir() or not Path(args.output).parent.is_dir()):
+        raise UserError(f"--output {args.output} must name a file in an existing directory")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top_p must be above 0 and at most 1, got {args.top_p}")
     if args.num_beams > 1 and (args.temperature > 0 or args.top_k or args.top_p):
         raise UserError("sampling options need --num_beams 1; beam search does not sample")
     return args

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from common import UserError, atomic_path, exit_on_user_error
-from common.cli import ArgumentParser, autocast, pick_device, pick_dtype
+from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from data import IGNORE_INDEX, tokenized_split
 from model import GPT
@@ -75,11 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, value in PAPER[args.dataset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("prefix_len", "batch_size", "mid_dim", "eval_interval", "log_interval"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if args.epochs <= 0 or (args.max_iters is not None and args.max_iters <= 0) or args.learning_rate <= 0:
-        raise UserError("--epochs, --max_iters and --learning_rate must be positive")
+    check_ranges(args, positive=("prefix_len", "batch_size", "mid_dim", "eval_interval", "log_interval", "max_iters",
+                                  "epochs", "learning_rate", "grad_clip"),
+                 at_least_zero=("warmup_iters", "eval_iters", "weight_decay"))
+    if not 0 <= args.prefix_dropout < 1:
+        raise UserError(f"--prefix_dropout must be at least 0 and below 1, got {args.prefix_dropout}")
+    if args.variant == "infix" and args.positions_from_zero:
+        raise UserError("--positions_from_zero numbers the tokens after a prefix; an infix follows the table, "
+                        "whose positions it continues")
     return args
 
 
@@ -88,6 +91,8 @@ def main(argv=None):
     args = parse_args(argv)
     reuse_freed_memory()
     out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out_dir {out_dir} is a file, not a directory")
     checkpoint = None
     if args.resume:
         if not (out_dir / "ckpt.pt").exists():
@@ -100,6 +105,9 @@ def main(argv=None):
     ddp = "RANK" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if checkpoint is not None and len(checkpoint["rng"]) != world:
+        raise UserError(f"the run in {out_dir} was trained by {len(checkpoint['rng'])} process(es); resume it with "
+                        f"as many (this is {world}), so that its data order and dropout carry on")
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     master = rank == 0
@@ -183,7 +191,7 @@ def main(argv=None):
         it, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"][rank])
         if master and (out_dir / "log.jsonl").exists():  # the curve goes on from the checkpoint: drop later lines
-            kept = [line for line in open(out_dir / "log.jsonl") if json.loads(line)["iter"] <= it]
+            kept = [line for line in open(out_dir / "log.jsonl") if logged_iter(line) <= it]
             with atomic_path(out_dir / "log.jsonl") as tmp:
                 tmp.write_text("".join(kept))
         say(f"resuming at iteration {it} of {total_iters}")
@@ -210,6 +218,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, lambda *_: (interrupted.append(True), signal.signal(signal.SIGINT, signal.SIG_DFL)))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None and master:
+        (out_dir / "log.jsonl").unlink(missing_ok=True)  # a new run's curve, not appended to an earlier run's
     say(f"training {total_iters} iterations ({steps_per_epoch} per epoch, global batch {global_batch}) on {device}, "
         f"{str(dtype).removeprefix('torch.')}")
     if it == 0:
@@ -264,6 +274,14 @@ def main(argv=None):
     if ddp:
         check_ranks_agree(prefix, world)
         dist.destroy_process_group()
+
+
+def logged_iter(line: str) -> float:
+    """The iteration of a log.jsonl line; infinity for a line cut short by a crash, so that resuming drops it."""
+    try:
+        return json.loads(line)["iter"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def run_args(args: argparse.Namespace) -> dict:

@@ -57,6 +57,11 @@ def load(split: str, data_dir=None, for_training: bool = False) -> list[Example]
                         f"not given) or replace it with the official {ZIP_NAME}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; replace it with the file from the official E2E release") from None
+    except csv.Error as e:
+        raise UserError(f"{path} is not a readable CSV file ({e}); replace it with the file from the official E2E "
+                        f"release") from None
+    except OSError as e:
+        raise UserError(f"could not read {path} ({e.strerror})") from None
 
 
 def _parse(lines, where: str) -> list[Example]:

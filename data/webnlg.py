@@ -49,6 +49,8 @@ def _read(path: Path, for_training: bool) -> list[Example]:
     except ET.ParseError as e:
         raise UserError(f"{path} is not well-formed XML ({e}); replace it with the file from the WebNLG 2017 "
                         f"release") from None
+    except OSError as e:
+        raise UserError(f"could not read {path} ({e.strerror})") from None
     examples = []
     for entry in root.iter("entry"):
         lexes = [lex for lex in entry.findall("lex") if not for_training or lex.get("comment", "good") == "good"]

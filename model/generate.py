@@ -88,6 +88,8 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
     hypotheses and its best live beam can no longer beat the worst of them at the current length.
     """
     B, V = idx.size(0), model.config.vocab_size
+    if max_new_tokens == 0:
+        return [[] for _ in range(B)]
     if cache is None:
         cache = KVCache.start(B, prefix, positions_from_zero, device=idx.device)
     rows = torch.arange(B, device=idx.device).repeat_interleave(num_beams)  # row b's beams sit together

@@ -22,7 +22,10 @@ NAMES = {dtype: name for name, dtype in DTYPES.items()}
 def load_file(path) -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors file; a truncated or malformed file is a UserError."""
     path = Path(path)
-    buffer = bytearray(path.read_bytes())  # writable, so torch can view it without copying
+    try:
+        buffer = bytearray(path.read_bytes())  # writable, so torch can view it without copying
+    except OSError as e:
+        raise UserError(f"could not read {path} ({e.strerror})") from None
     header, data_start = _header(path, buffer)
     header.pop("__metadata__", None)
     tensors = {}
@@ -33,6 +36,8 @@ def load_file(path) -> dict[str, torch.Tensor]:
                             f"delete it and fetch it again")
         raw = torch.frombuffer(buffer, dtype=torch.uint8, count=end - begin, offset=data_start + begin) \
             if end > begin else torch.empty(0, dtype=torch.uint8)
+        if info["dtype"] not in DTYPES:
+            raise UserError(f"{path} holds {name} as {info['dtype']}, which this reader does not know")
         tensors[name] = raw.view(DTYPES[info["dtype"]]).reshape(info["shape"])
     return tensors
 

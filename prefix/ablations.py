@@ -36,6 +36,11 @@ class InfixTuning(PrefixTuning):
     """
     placement = "infix"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.positions_from_zero:
+            raise ValueError("an infix continues the table's positions; positions_from_zero applies to a prefix")
+
     def loss(self, gpt: GPT, idx: Tensor, targets: Tensor, kv: list[KV] | None = None) -> Tensor:
         """Eq. (3) with the infix between table and text: the mean -log p(text | table, infix)."""
         kv = self(idx.size(0)) if kv is None else kv

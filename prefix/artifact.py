@@ -41,19 +41,21 @@ def prefix_metadata(path) -> dict[str, str]:
 def load_prefix(path, config: GPTConfig) -> PrefixTuning:
     """An exported prefix, frozen, checked against the GPT it will steer."""
     meta = prefix_metadata(path)
+    missing = [key for key in ("base_model", "n_layer", "n_head", "n_embd", "prefix_len", "placement", "positions")
+               if key not in meta]
+    if missing or meta["placement"] not in ("prefix", "infix"):
+        raise UserError(f"{path} is damaged: its metadata lacks {', '.join(missing) or 'a known placement'}")
     trained_for = (int(meta["n_layer"]), int(meta["n_head"]), int(meta["n_embd"]))
     if trained_for != (config.n_layer, config.n_head, config.n_embd):
         raise UserError(f"{path} was trained for {meta['base_model']} ({describe(*trained_for)}), but this model "
                         f"has {describe(config.n_layer, config.n_head, config.n_embd)}; load it with "
                         f"--init_from {meta['base_model']}")
-    P = safetensors.load_file(path)["prefix"]
+    P = safetensors.load_file(path).get("prefix")
+    expected = (int(meta["prefix_len"]), config.n_layer * 2 * config.n_embd)
+    if P is None or P.shape != expected:
+        raise UserError(f"{path} is damaged: it holds no prefix of the shape its metadata implies, {expected}")
     cls = InfixTuning if meta["placement"] == "infix" else PrefixTuning
-    prefix = cls(config, int(meta["prefix_len"]), reparam=False, positions_from_zero=meta["positions"] == "from_zero")
-    if P.shape != prefix.table.shape:
-        raise UserError(f"{path} is damaged: its prefix has shape {tuple(P.shape)}, its metadata implies "
-                        f"{tuple(prefix.table.shape)}")
-    prefix.table.data.copy_(P)
-    return prefix.requires_grad_(False).eval()
+    return cls.holding(config, P, positions_from_zero=meta["positions"] == "from_zero")
 
 
 def read_training_checkpoint(path) -> dict:

@@ -36,14 +36,17 @@ def load_peft_adapter(directory, config: GPTConfig) -> PrefixTuning:
         raise UserError(f"{directory} holds no readable adapter_config.json") from None
     if peft.get("peft_type") != "PREFIX_TUNING":
         raise UserError(f"{directory} is a {peft.get('peft_type')} adapter, not PREFIX_TUNING")
+    missing = [key for key in ("num_layers", "num_attention_heads", "token_dim", "num_virtual_tokens")
+               if key not in peft]
+    if missing:
+        raise UserError(f"{directory}/adapter_config.json lacks {', '.join(missing)}")
     shape = (peft["num_layers"], peft["num_attention_heads"], peft["token_dim"])
     if shape != (config.n_layer, config.n_head, config.n_embd):
         raise UserError(f"{directory} was trained for a GPT with {shape[0]} layers, {shape[1]} heads and width "
                         f"{shape[2]}, not this one ({config.n_layer}, {config.n_head}, {config.n_embd})")
-    P = safetensors.load_file(directory / "adapter_model.safetensors")["prompt_embeddings"]
-    prefix = PrefixTuning(config, peft["num_virtual_tokens"], reparam=False)
-    if P.shape != prefix.table.shape:
-        raise UserError(f"{directory} holds prompt_embeddings of shape {tuple(P.shape)}, not the projected prefix "
-                        f"{tuple(prefix.table.shape)}")
-    prefix.table.data.copy_(P)
-    return prefix.requires_grad_(False).eval()
+    P = safetensors.load_file(directory / "adapter_model.safetensors").get("prompt_embeddings")
+    expected = (peft["num_virtual_tokens"], config.n_layer * 2 * config.n_embd)
+    if P is None or P.shape != expected:
+        raise UserError(f"{directory}/adapter_model.safetensors holds no prompt_embeddings of the projected "
+                        f"prefix's shape {expected}")
+    return PrefixTuning.holding(config, P)

@@ -74,10 +74,15 @@ class PrefixTuning(nn.Module):
         return self._export_as(PrefixTuning)
 
     def _export_as(self, cls: type[PrefixTuning]) -> PrefixTuning:
-        exported = cls(self.config, self.prefix_len, reparam=False, positions_from_zero=self.positions_from_zero)
+        return cls.holding(self.config, self.activations().detach(), self.positions_from_zero)
+
+    @classmethod
+    def holding(cls, config: GPTConfig, P: Tensor, positions_from_zero: bool = False) -> PrefixTuning:
+        """The inference form around a computed P (prefix_len, n_layer·2·n_embd): no MLP, frozen."""
+        prefix = cls(config, P.size(0), reparam=False, positions_from_zero=positions_from_zero)
         with torch.no_grad():
-            exported.table.copy_(self.activations())
-        return exported.requires_grad_(False).eval()
+            prefix.table.copy_(P)
+        return prefix.requires_grad_(False).eval()
 
 
 def prefix_keys_values(P: Tensor, config: GPTConfig) -> list[KV]:

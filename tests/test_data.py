@@ -287,6 +287,9 @@ def test_wrong_csv_header_and_encoding(tmp_path):
     (tmp_path / "devset.csv").write_bytes("mr,ref\nname[Caf\u00e9],x\n".encode("latin-1"))
     with pytest.raises(UserError, match="is not UTF-8"):
         load_examples("e2e", "dev", tmp_path)
+    (tmp_path / "devset.csv").write_text("mr,ref\n" + "x" * 200_000 + ",y\n")  # over csv's field limit
+    with pytest.raises(UserError, match="is not a readable CSV file"):
+        load_examples("e2e", "dev", tmp_path)
     write_e2e_csv(tmp_path, [])
     with pytest.raises(UserError, match="devset.csv has a header but no rows"):
         load_examples("e2e", "dev", tmp_path)

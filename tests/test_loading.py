@@ -119,6 +119,15 @@ def test_a_file_that_is_not_safetensors(tmp_path):
         our_safetensors.load_file(tmp_path / "x.safetensors")
 
 
+def test_a_missing_file_and_an_unknown_dtype_are_one_sentence(tmp_path):
+    with pytest.raises(UserError, match="could not read"):
+        our_safetensors.load_file(tmp_path / "missing.safetensors")
+    header = b'{"x":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}}'
+    (tmp_path / "f8.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0\0")
+    with pytest.raises(UserError, match="F8_E4M3, which this reader does not know"):
+        our_safetensors.load_file(tmp_path / "f8.safetensors")
+
+
 # ---- downloading from the hub, against a loopback server -------------------------------------------------
 
 @pytest.fixture

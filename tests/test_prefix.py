@@ -1,5 +1,6 @@
 """prefix/: the reparameterization against HF PEFT, export, freezing, ablations, the per-row bank, PEFT files."""
 import copy
+import json
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from hub_checkpoint import random_hf_gpt2, write_checkpoint
 from model import GPT, GPTConfig, KVCache
 from model.generate import generate
 from prefix import PrefixTuning, freeze, parameter_report
-from prefix.ablations import EmbeddingOnly, InfixTuning, init_from_text
+from prefix.ablations import EmbeddingOnly, InfixTuning, build_prefix, init_from_text
 from prefix.artifact import load_prefix, prefix_metadata, save_prefix
 from prefix.bank import PrefixBank
 from prefix.tuning import prefix_rows
@@ -90,6 +91,21 @@ def test_peft_adapter_for_another_model_is_refused(hf_and_ours, tmp_path):
         load_peft_adapter(tmp_path, gpt.config)
 
 
+def test_an_incomplete_peft_adapter_is_one_sentence(hf_and_ours, tmp_path):
+    _, gpt = hf_and_ours
+    save_peft_adapter(PrefixTuning(gpt.config, 3).export(), tmp_path, base_model="tiny")
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    del config["num_virtual_tokens"]
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="lacks num_virtual_tokens"):
+        load_peft_adapter(tmp_path, gpt.config)
+    (tmp_path / "adapter_model.safetensors").unlink()
+    config["num_virtual_tokens"] = 3
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="could not read"):
+        load_peft_adapter(tmp_path, gpt.config)
+
+
 def test_export_then_load_reproduces_the_logits_exactly(gpt, tmp_path):
     prefix = PrefixTuning(gpt.config, 4, mid_dim=16, positions_from_zero=True)
     save_prefix(prefix.export(), tmp_path / "prefix.safetensors", base_model="tiny")
@@ -111,6 +127,26 @@ def test_a_mismatched_artifact_is_refused(gpt, tmp_path):
         load_prefix(tmp_path / "p.safetensors", gpt.config)
     with pytest.raises(UserError, match="no exported prefix"):
         load_prefix(tmp_path / "missing.safetensors", gpt.config)
+
+
+@pytest.mark.parametrize("damage", ["metadata", "tensor"])
+def test_a_damaged_artifact_is_one_sentence(gpt, tmp_path, damage):
+    from model import safetensors as our_safetensors
+    save_prefix(PrefixTuning(gpt.config, 3).export(), tmp_path / "p.safetensors", base_model="tiny")
+    tensors = our_safetensors.load_file(tmp_path / "p.safetensors")
+    metadata = our_safetensors.load_metadata(tmp_path / "p.safetensors")
+    if damage == "metadata":
+        del metadata["prefix_len"]
+    else:
+        tensors = {"something_else": tensors["prefix"]}
+    our_safetensors.save_file(tensors, tmp_path / "p.safetensors", metadata)
+    with pytest.raises(UserError, match="is damaged"):
+        load_prefix(tmp_path / "p.safetensors", gpt.config)
+
+
+def test_an_infix_refuses_positions_from_zero(gpt):
+    with pytest.raises(ValueError, match="an infix continues the table's positions"):
+        build_prefix("infix", gpt, 3, positions_from_zero=True)
 
 
 def test_only_the_prefix_trains_and_the_gpt_stays_bitwise_unchanged(gpt):

@@ -61,6 +61,10 @@ def test_padded_batched_decoding_equals_each_prompt_alone(gpt, prefix, num_beams
     assert together == alone
 
 
+def test_beam_search_for_no_tokens_returns_empty_texts(gpt, prefix):
+    assert beam_search(gpt, torch.tensor([PROMPTS[0]] * 2), 0, 3, eos_id=EOS, prefix=prefix(1)) == [[], []]
+
+
 def test_beam_search_with_one_beam_is_greedy(gpt, prefix):
     for prompt in PROMPTS:
         greedy = generate(gpt, torch.tensor([prompt]), 10, prefix=prefix(1), temperature=0, eos_id=EOS)[0].tolist()
@@ -196,6 +200,14 @@ def test_sample_falls_back_to_the_training_checkpoint(trained_run, tmp_path):
     (lambda run, tmp: ["--out_dir", run], "give either --start"),
     (lambda run, tmp: ["--out_dir", run, "--start", "x", "--temperature", "0.7"], "need --num_beams 1"),
     (lambda run, tmp: ["--out_dir", run, "--start", "x", "--num_beams", "0"], "--num_beams must be a positive"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "x", "--num_beams", "1", "--top_k", "0"],
+     "--top_k must be a positive integer"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "x", "--num_beams", "1", "--temperature", "-1"],
+     "--temperature must be 0 or more"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "x", "--num_beams", "1", "--temperature", "1", "--top_p", "1.5"],
+     "--top_p must be above 0"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "x", "--output", tmp], "must name a file in an existing"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "x", "--num_b", "3"], "unrecognized arguments: --num_b"),
     (lambda run, tmp: ["--out_dir", tmp / "damaged", "--start", "x"], "ckpt.pt could not be read"),
 ])
 def test_sample_bad_input_is_one_sentence(trained_run, tmp_path, make_args, message):

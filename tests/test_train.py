@@ -108,6 +108,12 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_g
     (["--init_from", "/nonexistent/gpt"], "neither a checkpoint directory nor one of gpt2"),
     (["--init_text", "table-to-text:"], "use --prefix_len"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--learn", "1e-3"], "unrecognized arguments: --learn"),  # an abbreviation would dodge --resume's check
+    (["--grad_clip", "-1"], "--grad_clip must be a positive number"),
+    (["--eval_iters", "-1"], "--eval_iters must be 0 or more"),
+    (["--prefix_dropout", "2"], "--prefix_dropout must be at least 0 and below 1"),
+    (["--variant", "infix", "--positions_from_zero"], "an infix follows the table"),
+    (["--device", "meta"], "unknown --device 'meta'"),
     (["--resume"], "--resume found no"),
 ])
 def test_bad_input_is_one_sentence_and_a_nonzero_exit(tiny_gpt2, shared, tmp_path, flags, message):
@@ -130,6 +136,33 @@ def test_resume_refuses_to_change_the_run(tiny_gpt2, shared, tmp_path):
     assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
     result = train(tiny_gpt2, shared, tmp_path, "--resume", "--learning_rate", "5e-3")
     assert result.returncode == 2 and "contradicts the run being resumed" in result.stderr
+
+
+def test_out_dir_that_is_a_file_is_one_sentence(tiny_gpt2, shared, tmp_path):
+    (tmp_path / "taken").write_text("")
+    result = train(tiny_gpt2, shared, tmp_path / "taken", timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is a file, not a directory" in result.stderr
+
+
+def test_a_new_run_starts_a_new_log_and_resume_survives_a_torn_last_line(tiny_gpt2, shared, tmp_path):
+    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
+    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0  # again, not resumed
+    iters = [json.loads(line)["iter"] for line in open(tmp_path / "log.jsonl")]
+    assert iters.count(0) == 1  # one run's curve, not two appended
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"iter": 9, "train_lo')  # a crash in the middle of a line
+    result = train(tiny_gpt2, shared, tmp_path, "--max_iters", "8", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["iter"] for line in open(tmp_path / "log.jsonl")] == iters
+
+
+def test_resume_with_another_number_of_processes_is_refused(tiny_gpt2, shared, tmp_path):
+    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    state["rng"] = state["rng"] * 2  # as if two processes had trained it
+    torch.save(state, tmp_path / "ckpt.pt")
+    result = train(tiny_gpt2, shared, tmp_path, "--max_iters", "8", "--resume")
+    assert result.returncode == 2 and "trained by 2 process(es)" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_lists_every_option_with_its_default():
