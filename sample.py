@@ -19,7 +19,7 @@ from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from data import DATASETS, SPLITS, category_subset, load_examples, prompt_ids
-from metrics import bleu, e2e_scores, format_scores
+from metrics import bleu, coco_scores, e2e_scores, format_scores
 from model import GPT
 from model.generate import beam_search, generate, left_pad
 from model.loading import checkpoint_dir
@@ -151,10 +151,13 @@ def report(dataset: str, examples, texts: list[str], coco: bool) -> str:
                   for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}
         return "  ".join(f"BLEU {subset} {value:.1f}" for subset, value in scores.items())
     references = [ex.references for ex in examples]
+    scores = e2e_scores(texts, references, coco=False)
     try:
-        return format_scores(e2e_scores(texts, references, coco=coco))
+        if coco:
+            scores |= coco_scores(texts, references)
     except UserError as e:  # METEOR, ROUGE-L and CIDEr are an optional extra
-        return f"{format_scores(e2e_scores(texts, references, coco=False))}\n({e})"
+        return f"{format_scores(scores)}\n({e})"
+    return format_scores(scores)
 
 
 @exit_on_user_error

@@ -177,7 +177,7 @@ class GPT(nn.Module):
         B, T, _ = x.shape
         L = cache.length
         real = None if attention_mask is None else attention_mask.bool()
-        positions = self._positions(cache.next_position, T, real)
+        positions = self._positions(cache.next_position, L, T, real)
         key_mask = cache.key_mask
         if real is not None or key_mask is not None:
             past = key_mask if key_mask is not None else x.new_ones(B, L, dtype=torch.bool)
@@ -196,13 +196,15 @@ class GPT(nn.Module):
         cache.next_position = cache.next_position + (T if real is None else real.sum(1))
         return self.transformer.ln_f(x)
 
-    def _positions(self, first: Tensor, T: int, real: Tensor | None) -> Tensor:
-        """Position ids (B, T): each row continues from `first`; padding does not advance the count."""
+    def _positions(self, first: Tensor, L: int, T: int, real: Tensor | None) -> Tensor:
+        """Position ids (B, T) of T new tokens after L keys: each row continues from `first`; padding does not
+        advance the count."""
         if real is None:
             positions = first[:, None] + torch.arange(T, device=first.device)
         else:  # pads get a harmless in-range position; their outputs are never used
             positions = (first[:, None] + real.long().cumsum(1) - 1).clamp(min=0)
-        if positions.numel() and int(positions.max()) >= self.config.block_size:
+        # positions never outrun the keys (L + T at most), so only a long cache costs the device a sync here
+        if positions.numel() and L + T > self.config.block_size and int(positions.max()) >= self.config.block_size:
             raise UserError(f"the prefix and sequence need position {int(positions.max())}, but the model's "
                             f"position table ends at {self.config.block_size - 1}; use shorter inputs or a "
                             f"shorter prefix")
