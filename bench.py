@@ -3,6 +3,7 @@
     python bench.py                    # our GPT + PrefixTuning, GPT-2-small shaped
     python bench.py --compare peft     # the same work in transformers + PEFT, processes alternating A B A B
     python bench.py --quick            # a tiny model and a few iterations: checks that everything runs
+    python bench.py --full_weights     # full-weight training of our GPT instead (no prefix, no PEFT side)
 
 Speed does not depend on the weights' values, so both models are random and nothing is downloaded.
   training step  forward, backward and AdamW on the prefix (P' and its MLP), the GPT frozen, the loss on the
@@ -14,6 +15,9 @@ Speed does not depend on the weights' values, so both models are random and noth
   matmul peak    the best FLOP/s of a square matmul (float32 on CPU, bfloat16 on a GPU) with torch's threads as
                  configured, by torch.matmul or, where the model uses it, oneDNN (model/linear.py), whichever
                  is faster; the step's useful FLOP/s (training_step_flops) are given as a share of it.
+  --full_weights full fine-tuning (or pretraining) instead: every weight of our GPT trains, the LM head tied to
+                 the token embedding, fused AdamW over all of them, the loss on the last --supervised tokens as
+                 above: seconds per step, tokens per second and peak memory, nothing else.
 Both sides train with fused AdamW and run with malloc recycling freed memory (common/memory.py), as train.py does.
 Peak memory is what the training steps (warm-up included) add to the process once the model is built: on CPU
 the resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs after malloc_trim hands freed
@@ -57,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a tiny model and a few iterations, for tests: "
                    + " ".join(f"--{name} {value}" for name, value in QUICK.items()))
     p.add_argument("--repeats", type=int, default=5, help="processes per side with --compare")
+    p.add_argument("--full_weights", action="store_true",
+                   help="time full-weight training of our GPT instead (every weight trains; no prefix, no decoding)")
     g = p.add_argument_group("the model (random weights; GPT-2 small by default)")
     g.add_argument("--n_layer", type=int, default=12, help="blocks")
     g.add_argument("--n_head", type=int, default=12, help="attention heads")
@@ -92,6 +98,8 @@ def parse_args(argv=None):
                         f"the supervised ones are the decoding prompts")
     if args.prefix_len + max(args.seq_len, args.seq_len - args.supervised + args.new_tokens) > args.block_size:
         raise UserError(f"the prefix and the longest sequence need more than --block_size {args.block_size} positions")
+    if args.full_weights and "peft" in (args.compare, args.side):
+        raise UserError("--full_weights measures our side only")
     if "peft" in (args.compare, args.side) and not (find_spec("transformers") and find_spec("peft")):
         raise UserError("measuring PEFT needs transformers and peft: pip install -r requirements-dev.txt")
     return args
@@ -211,6 +219,21 @@ def peft_side(args, device, dtype):
     return train_step, decode
 
 
+def full_weight_side(args, device, dtype):
+    """Full fine-tuning: every weight of our GPT trains (the LM head is wte, tied), fused AdamW over all of them."""
+    gpt = GPT(model_config(args)).to(device)
+    optimizer = torch.optim.AdamW(gpt.parameters(), fused=True)
+    idx, targets, _ = random_batch(args, device)
+
+    def train_step():
+        with autocast(device, dtype):
+            _, loss = gpt(idx, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return train_step
+
+
 # ---- measuring -----------------------------------------------------------------------------------------------
 
 def measure(args) -> dict:
@@ -220,12 +243,7 @@ def measure(args) -> dict:
     dtype = pick_dtype(args.dtype, device)
     torch.manual_seed(0)
     train_step, decode = (our_side if args.side == "ours" else peft_side)(args, device, dtype)
-
-    baseline = memory_baseline(device)
-    for _ in range(args.warmup):
-        train_step()
-    step_s = statistics.median(timed(train_step, device)[0] for _ in range(args.steps))
-    memory = memory_peak(device, baseline)
+    step_s, memory = measure_training(args, train_step, device)
 
     def decoding_rate(beams: int) -> float:
         decode(beams, 2)  # warm-up
@@ -241,6 +259,26 @@ def measure(args) -> dict:
                 greedy_tokens_per_s=greedy, beam_tokens_per_s=beam,
                 useful_gflops=useful / 1e9, peak_gflops=peak / 1e9, useful_share=useful / peak,
                 machine=machine(device, dtype))
+
+
+def measure_full_weights(args) -> dict:
+    """The --full_weights measurement: our GPT's full-weight training step."""
+    reuse_freed_memory()
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    torch.manual_seed(0)
+    step_s, memory = measure_training(args, full_weight_side(args, device, dtype), device)
+    return dict(step_s=step_s, train_tokens_per_s=args.batch_size * args.seq_len / step_s,
+                memory_mib=None if memory is None else memory / 2 ** 20, machine=machine(device, dtype))
+
+
+def measure_training(args, train_step, device) -> tuple[float, int | None]:
+    """Seconds per step (the median of --steps after --warmup) and the peak memory the steps add."""
+    baseline = memory_baseline(device)
+    for _ in range(args.warmup):
+        train_step()
+    step_s = statistics.median(timed(train_step, device)[0] for _ in range(args.steps))
+    return step_s, memory_peak(device, baseline)
 
 
 def timed(fn, device):
@@ -377,6 +415,19 @@ def report(args, runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def report_full_weights(args, m: dict) -> str:
+    lines = [f"machine: {m['machine']}",
+             f"model:   {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide, vocab {args.vocab_size}, "
+             f"random weights",
+             f"work:    full-weight training {args.batch_size} × {args.seq_len} tokens, loss on the last "
+             f"{args.supervised}; every weight trains, fused AdamW; median of {args.steps} steps"]
+    if args.quick:
+        lines.append("--quick: a check that everything runs; the numbers mean nothing")
+    lines.append("")
+    lines += [f"{label:32}{cell(key, m[key]):>12}" for key, label, _ in ROWS[:3]]
+    return "\n".join(lines)
+
+
 def run_side(side: str, argv: list[str]) -> dict:
     """One measurement in a fresh process: this script with --side and --json."""
     command = [sys.executable, str(Path(__file__).resolve()), *argv, "--compare", "none", "--side", side, "--json"]
@@ -390,6 +441,10 @@ def run_side(side: str, argv: list[str]) -> dict:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.full_weights:
+        m = measure_full_weights(args)
+        print(json.dumps(m) if args.json else report_full_weights(args, m))
+        return
     if args.compare == "none":
         m = measure(args)
         print(json.dumps(m) if args.json else report(args, {args.side: [m]}))

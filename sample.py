@@ -1,4 +1,4 @@
-"""Generate text from tables with a trained prefix, and score a dataset split the way the paper does.
+"""Generate text from tables with a trained prefix (or baseline), and score a dataset split the way the paper does.
 
     python sample.py --out_dir out --start "name : Aromi | Type : coffee shop | area : city centre"
     python sample.py --out_dir out --start FILE:tables.txt --output texts.txt
@@ -6,7 +6,8 @@
 
 The base GPT-2 defaults to the one the prefix was trained on; the prefix is the run's exported one
 (prefix_best.safetensors, or prefix.safetensors with --prefix final), or its training checkpoint when
-nothing was exported yet.
+nothing was exported yet. Baselines decode the same way from their exports (tuned[_best].safetensors on the
+base GPT-2, or the fine-tuned model[_best]/).
 """
 import argparse
 import sys
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+import torch.nn as nn
+
+from baselines import ChangesTheGPT, build_baseline, load_tuned
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
@@ -22,9 +26,10 @@ from data import DATASETS, SPLITS, category_subset, load_examples, prompt_ids
 from metrics import bleu, coco_scores, e2e_scores, format_scores
 from model import GPT
 from model.generate import beam_search, generate, left_pad
+from model import safetensors
 from model.loading import checkpoint_dir
 from model.tokenizer import get_tokenizer
-from prefix import PrefixTuning, build_prefix, load_prefix, prefix_metadata
+from prefix import build_prefix, load_prefix, prefix_metadata
 from prefix.artifact import read_training_checkpoint
 
 NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, one text is one line
@@ -69,39 +74,52 @@ def parse_args(argv=None):
     return args
 
 
-def load_run(args, device) -> tuple[GPT, PrefixTuning, object, dict]:
-    """The base GPT, the run's prefix (exported: no MLP), the tokenizer, and the run's training settings.
+def load_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
+    """The GPT, the run's trained method ready to decode, the tokenizer, and the run's training settings.
 
-    The prefix is the export that --prefix names, else the other export, else the one in ckpt.pt.
+    The method is the run's export that --prefix names (else the other export, else the state in ckpt.pt): a
+    prefix (no MLP), a baseline's tensors applied to the base GPT, or a whole fine-tuned GPT.
     """
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise UserError(f"there is no training run at {out_dir}; train one with train.py --out_dir {out_dir}")
     checkpoint = read_training_checkpoint(out_dir / "ckpt.pt") if (out_dir / "ckpt.pt").exists() else None
-    exports = [out_dir / f"{name}.safetensors" for name in (("prefix_best", "prefix") if args.prefix == "best"
-                                                           else ("prefix", "prefix_best"))]
+    order = ("_best", "") if args.prefix == "best" else ("", "_best")
+    exports = [out_dir / f"{stem}{which}{suffix}" for which in order
+               for stem, suffix in (("prefix", ".safetensors"), ("tuned", ".safetensors"), ("model", ""))]
     export = next((path for path in exports if path.exists()), None)
     if export is None and checkpoint is None:
-        raise UserError(f"{out_dir} holds neither an exported prefix nor ckpt.pt")
-    trained = checkpoint["args"] if checkpoint else {"init_from": prefix_metadata(export)["base_model"]}
+        raise UserError(f"{out_dir} holds neither an export of a trained method nor ckpt.pt")
+    if export is not None and export.is_dir():  # fine-tuning: a whole GPT-2, no base model needed
+        gpt = GPT.from_pretrained(str(export)).to(device).requires_grad_(False)
+        return gpt, ChangesTheGPT(gpt), get_tokenizer(export), checkpoint["args"] if checkpoint else {}
+    if checkpoint:
+        trained = checkpoint["args"]
+    else:
+        metadata = prefix_metadata(export) if export.name.startswith("prefix") else safetensors.load_metadata(export)
+        trained = {"init_from": metadata.get("base_model")}
     directory = checkpoint_dir(args.init_from or trained["init_from"])
     gpt = GPT.from_pretrained(str(directory)).to(device).requires_grad_(False)
+    mode = trained.get("tuning_mode", "prefix")
     if export is not None:
-        prefix = load_prefix(export, gpt.config)
+        method = load_prefix(export, gpt.config) if export.name.startswith("prefix") else load_tuned(export, gpt)
     else:
         if checkpoint["config"] != asdict(gpt.config):
             raise UserError(f"{out_dir / 'ckpt.pt'} was trained for {trained['init_from']}, not this model; "
                             f"load it with --init_from {trained['init_from']}")
-        prefix = build_prefix(trained["variant"], gpt, trained["prefix_len"], trained["mid_dim"], trained["reparam"],
-                              positions_from_zero=trained["positions_from_zero"])
-        prefix.load_state_dict(checkpoint["prefix"])
-        prefix = prefix.export()
-    return gpt, prefix.to(device), get_tokenizer(directory), trained
+        if mode == "prefix":
+            method = build_prefix(trained["variant"], gpt, trained["prefix_len"], trained["mid_dim"],
+                                  trained["reparam"], positions_from_zero=trained["positions_from_zero"])
+        else:
+            method = build_baseline(mode, gpt, trained)
+        method.load_state_dict(checkpoint["trained"])
+        method = method.export() if mode == "prefix" else method.requires_grad_(False).eval()
+    return gpt, method.to(device), get_tokenizer(directory), trained
 
 
 @torch.no_grad()
-def decode(gpt: GPT, prefix: PrefixTuning, tokenizer, tables: list[str], args, device) -> list[str]:
-    """One text per table, decoded in left-padded batches with the prefix seeding the KV cache."""
+def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, device) -> list[str]:
+    """One text per table, decoded in left-padded batches; a prefix seeds the KV cache."""
     eot = tokenizer.eot_token
     banned = NEWLINES if args.ban_newlines else ()
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -111,7 +129,7 @@ def decode(gpt: GPT, prefix: PrefixTuning, tokenizer, tables: list[str], args, d
         chunk = [prompt_ids(tokenizer, table) for table in tables[start:start + args.batch_size]]
         idx, mask = left_pad(chunk, eot, device)
         with mixed_precision:
-            cache, idx, mask = prefix.start_decoding(gpt, idx, mask)
+            cache, idx, mask = method.start_decoding(gpt, idx, mask)
             if args.num_beams > 1:
                 outputs = beam_search(gpt, idx, args.max_new_tokens, args.num_beams, eos_id=eot, cache=cache,
                                       attention_mask=mask, length_penalty=args.length_penalty, banned_ids=banned)
@@ -166,12 +184,12 @@ def main(argv=None):
     reuse_freed_memory()
     device = pick_device(args.device)
     tables = read_tables(args.start) if args.start is not None else None
-    gpt, prefix, tokenizer, trained = load_run(args, device)
+    gpt, method, tokenizer, trained = load_run(args, device)
     if args.split is not None:
         dataset = args.dataset or trained.get("dataset", "e2e")
         examples = load_examples(dataset, args.split, args.data_dir or trained.get("data_dir"))[:args.max_examples]
         tables = [ex.table for ex in examples]
-    texts = decode(gpt, prefix, tokenizer, tables, args, device)
+    texts = decode(gpt, method, tokenizer, tables, args, device)
     if args.output:
         with atomic_path(args.output) as tmp:
             tmp.write_text("".join(text + "\n" for text in texts), encoding="utf-8")
@@ -179,7 +197,7 @@ def main(argv=None):
         for table, text in zip(tables, texts):
             print(f"{table}\n  -> {text}")
     else:
-        print(f"{dataset} {args.split}: {len(texts)} tables, beam {args.num_beams}, prefix from {args.out_dir}")
+        print(f"{dataset} {args.split}: {len(texts)} tables, beam {args.num_beams}, trained in {args.out_dir}")
         print(report(dataset, examples, texts, args.coco))
 
 

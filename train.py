@@ -2,11 +2,14 @@
 
     python train.py --prefix_len 10                       # E2E with the paper's settings, on gpt2
     python train.py --dataset webnlg --data_dir ../shared/data/webnlg --init_from gpt2-medium
+    python train.py --tuning_mode finetune                # a baseline: finetune | finetune-top | adapter | lora
     torchrun --nproc_per_node 4 train.py ...              # DDP on 4 GPUs (or CPU processes with gloo)
 
-Only the prefix trains (P' and its MLP); the GPT is frozen and stays in eval mode. Everything lands in
---out_dir: ckpt.pt (the training state, to --resume from), prefix.safetensors (the exported prefix, no
-MLP) and prefix_best.safetensors (the export at the best validation loss), and log.jsonl (the curves).
+Only the prefix trains (P' and its MLP); the GPT is frozen and stays in eval mode. The baselines train weights
+inside the GPT instead (baselines/). Everything lands in --out_dir: ckpt.pt (the training state, to --resume
+from), the export of what was trained at the end and at the best validation loss (prefix.safetensors and
+prefix_best.safetensors: P, no MLP; tuned[_best].safetensors for FT-top2, adapters and LoRA; model[_best]/, a
+whole GPT-2 checkpoint, for fine-tuning), and log.jsonl (the curves).
 """
 import argparse
 import functools
@@ -23,12 +26,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from baselines import BASELINES, build_baseline, save_tuned
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from data import IGNORE_INDEX, tokenized_split
 from model import GPT
-from model.loading import checkpoint_dir, read_config
+from model.loading import checkpoint_dir, read_config, save_pretrained
 from model.tokenizer import get_tokenizer
 from prefix import VARIANTS, build_prefix, freeze, init_from_text, parameter_report, save_prefix
 from prefix.artifact import read_training_checkpoint
@@ -38,9 +42,13 @@ PAPER = {"e2e": dict(learning_rate=8e-5, batch_size=10, epochs=5),
          "webnlg": dict(learning_rate=5e-5, batch_size=5, epochs=5)}
 # Arguments that define the run; --resume refuses to change them, so a resumed run is the same run
 # (except data_dir: the same data may have moved).
-RUN_ARGS = ("init_from", "dataset", "data_dir", "prefix_len", "mid_dim", "variant", "reparam", "prefix_dropout", "init_text",
-            "positions_from_zero", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs",
-            "max_iters", "grad_clip", "seed")
+RUN_ARGS = ("init_from", "dataset", "data_dir", "train_examples", "tuning_mode", "prefix_len", "mid_dim", "variant",
+            "reparam", "prefix_dropout", "init_text", "positions_from_zero", "top_blocks", "adapter_dim", "lora_rank",
+            "lora_alpha", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs", "max_iters",
+            "grad_clip", "seed")
+# The file each kind of method exports at the end; "_best" is inserted before the suffix for the best one.
+EXPORTS = {"prefix": "prefix.safetensors", "finetune": "model", "finetune-top": "tuned.safetensors",
+           "adapter": "tuned.safetensors", "lora": "tuned.safetensors"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init_from", default="gpt2", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint dir")
     p.add_argument("--dataset", default="e2e", choices=sorted(PAPER), help="the table-to-text dataset")
     p.add_argument("--data_dir", default=None, help="a local copy of the dataset (E2E: the zip or its CSVs; default: download E2E)")
+    p.add_argument("--train_examples", type=int, default=None,
+                   help="train on a random subset of this many (table, text) pairs, drawn from --seed (low-data runs)")
+    p.add_argument("--tuning_mode", default="prefix", choices=["prefix", *BASELINES],
+                   help="prefix-tuning, or a baseline: fine-tuning, its top blocks only, adapters, LoRA")
     p.add_argument("--prefix_len", type=int, default=10, help="P: the number of prefix positions")
     p.add_argument("--mid_dim", type=int, default=512, help="the reparameterization MLP's width k")
     p.add_argument("--variant", default="prefix", choices=VARIANTS, help="the method or one of its ablations")
@@ -55,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefix_dropout", type=float, default=0.0, help="dropout on the prefix's keys and values")
     p.add_argument("--init_text", default=None, help='start from real words\' activations, e.g. "table-to-text:"')
     p.add_argument("--positions_from_zero", action="store_true", help="number real tokens from 0, not from P")
+    p.add_argument("--top_blocks", type=int, default=2, help="finetune-top: how many of the top blocks train")
+    p.add_argument("--adapter_dim", type=int, default=100, help="adapter: the bottleneck width (the authors' 100)")
+    p.add_argument("--lora_rank", type=int, default=4, help="lora: the rank r of B·A")
+    p.add_argument("--lora_alpha", type=float, default=8.0, help="lora: the update is scaled by alpha / r")
     p.add_argument("--batch_size", type=int, default=None, help="rows per process (default: the paper's, 10 for E2E and 5 for WebNLG)")
     p.add_argument("--learning_rate", type=float, default=None, help="peak learning rate (default: the paper's, 8e-5 for E2E and 5e-5 for WebNLG)")
     p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW's weight decay")
@@ -76,10 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     check_ranges(args, positive=("prefix_len", "batch_size", "mid_dim", "eval_interval", "log_interval", "max_iters",
-                                  "epochs", "learning_rate", "grad_clip"),
+                                  "epochs", "learning_rate", "grad_clip", "train_examples", "top_blocks",
+                                  "adapter_dim", "lora_rank", "lora_alpha"),
                  at_least_zero=("warmup_iters", "eval_iters", "weight_decay"))
     if not 0 <= args.prefix_dropout < 1:
         raise UserError(f"--prefix_dropout must be at least 0 and below 1, got {args.prefix_dropout}")
+    if args.tuning_mode != "prefix" and (args.variant != "prefix" or args.init_text or args.positions_from_zero):
+        raise UserError(f"--variant, --init_text and --positions_from_zero shape a prefix; --tuning_mode "
+                        f"{args.tuning_mode} has none")
     if args.variant == "infix" and args.positions_from_zero:
         raise UserError("--positions_from_zero numbers the tokens after a prefix; an infix follows the table, "
                         "whose positions it continues")
@@ -121,6 +141,10 @@ def main(argv=None):
     config = read_config(directory)
     tokenizer = get_tokenizer(directory)
     train_data = tokenized_split(args.dataset, "train", tokenizer, args.data_dir)
+    if args.train_examples is not None:
+        if args.train_examples > len(train_data):
+            raise UserError(f"--train_examples {args.train_examples} exceeds the {len(train_data):,} training pairs")
+        train_data = train_data.random_subset(args.train_examples, args.seed)
     val_data = tokenized_split(args.dataset, "dev", tokenizer, args.data_dir)
     longest = max(train_data.longest, val_data.longest)
     if args.prefix_len + longest > config.block_size:
@@ -132,15 +156,15 @@ def main(argv=None):
     say(f"train: {train_data.describe()}\nval:   {val_data.describe()}")
 
     model = freeze(GPT.from_pretrained(str(directory)).to(device))
-    prefix = build_prefix(args.variant, model, args.prefix_len, args.mid_dim, args.reparam, args.prefix_dropout,
-                          args.positions_from_zero).to(device)
+    gpt_parameters = sum(p.numel() for p in model.parameters())  # counted before a baseline adds its own
+    method = build_method(args, model).to(device)
     if init_ids is not None and checkpoint is None:
-        init_from_text(prefix, model, init_ids)
-    say(parameter_report(prefix, model))
+        init_from_text(method, model, init_ids)
+    say(parameter_report(method, model) if args.tuning_mode == "prefix" else method.report(gpt_parameters))
     # fused: one kernel for the whole update instead of a dozen passes per tensor (7x faster on the 2-core CPU)
-    optimizer = torch.optim.AdamW(prefix.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
-                                  fused=True)
-    trainable = DistributedDataParallel(prefix) if ddp else prefix
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=args.learning_rate,
+                                  weight_decay=args.weight_decay, fused=True)
+    trainable = DistributedDataParallel(method) if ddp else method
 
     # ---- the schedule: every iteration's batch follows from (seed, iteration), so a resumed run repeats it ----
     global_batch = args.batch_size * world
@@ -170,7 +194,7 @@ def main(argv=None):
     @torch.no_grad()
     def validation_loss() -> float:
         """Mean loss per target token over the first --eval_iters batches of the dev split (a fixed order)."""
-        prefix.eval()
+        method.eval()
         n_batches = math.ceil(len(val_data) / args.batch_size)
         n_batches = min(n_batches, args.eval_iters) if args.eval_iters else n_batches
         total, count = 0.0, 0
@@ -178,18 +202,20 @@ def main(argv=None):
             idx, targets = (t.to(device) for t in val_data.batch(range(b * args.batch_size,
                                                                       min((b + 1) * args.batch_size, len(val_data)))))
             with mixed_precision:
-                loss = prefix.loss(model, idx, targets)
+                loss = method.loss(model, idx, targets)
             n = int((targets != IGNORE_INDEX).sum())
             total, count = total + loss.item() * n, count + n
-        prefix.train()
+        method.train()
         return total / count
 
     it, best_val = 0, float("inf")
     if checkpoint is not None:
-        prefix.load_state_dict(checkpoint["prefix"])
+        method.load_state_dict(checkpoint["trained"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         it, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"][rank])
+        if device.type == "cuda":  # prefix dropout on a GPU draws from the GPU's own generator
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"][rank], device)
         if master and (out_dir / "log.jsonl").exists():  # the curve goes on from the checkpoint: drop later lines
             kept = [line for line in open(out_dir / "log.jsonl") if logged_iter(line) <= it]
             with atomic_path(out_dir / "log.jsonl") as tmp:
@@ -197,13 +223,16 @@ def main(argv=None):
         say(f"resuming at iteration {it} of {total_iters}")
 
     def save_training_state():
-        rng = [torch.get_rng_state()]
-        if ddp:  # each process draws its own dropout masks: keep every one's generator
-            rng = [None] * world
+        # each process draws its own dropout masks: keep every one's generators, the GPU's too when it has one
+        cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
+        rng, cuda_rng = [torch.get_rng_state()], [cuda_state]
+        if ddp:
+            rng, cuda_rng = [None] * world, [None] * world
             dist.all_gather_object(rng, torch.get_rng_state())
+            dist.all_gather_object(cuda_rng, cuda_state)
         if master:
-            state = {"iter": it, "best_val_loss": best_val, "prefix": prefix.state_dict(),
-                     "optimizer": optimizer.state_dict(), "rng": rng, "args": run_args(args),
+            state = {"iter": it, "best_val_loss": best_val, "trained": method.state_dict(),
+                     "optimizer": optimizer.state_dict(), "rng": rng, "cuda_rng": cuda_rng, "args": run_args(args),
                      "config": asdict(config)}
             with atomic_path(out_dir / "ckpt.pt") as tmp:
                 torch.save(state, tmp)
@@ -226,7 +255,7 @@ def main(argv=None):
         val = validation_loss()
         say(f"iter 0: val loss {val:.4f}")
         log({"iter": 0, "val_loss": val})
-    prefix.train()
+    method.train()
     started, tokens_seen, start_it = time.time(), 0, it
     while it < total_iters:
         lr = learning_rate(it)
@@ -235,10 +264,10 @@ def main(argv=None):
         idx, targets = batch_for(it)
         with mixed_precision:
             kv = trainable(idx.size(0))  # through DDP, so gradients are averaged across processes
-            loss = prefix.loss(model, idx, targets, kv)
+            loss = method.loss(model, idx, targets, kv)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(prefix.parameters(), args.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.grad_clip)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             raise UserError(f"training diverged at iteration {it} (loss {loss.item():.4g}, gradient norm "
                             f"{grad_norm.item():.4g}); the last good checkpoint {out_dir / 'ckpt.pt'} is intact: "
@@ -259,8 +288,9 @@ def main(argv=None):
             improved = val < best_val
             best_val = min(best_val, val)
             if improved and master:
-                save_prefix(prefix.export(), out_dir / "prefix_best.safetensors", args.init_from)
-            say(f"iter {it}: val loss {val:.4f}" + (" (best so far: prefix_best.safetensors)" if improved else ""))
+                export(args, method, model, tokenizer, out_dir, best=True)
+            say(f"iter {it}: val loss {val:.4f}" +
+                (f" (best so far: {export_path(args, out_dir, best=True).name})" if improved else ""))
             log({"iter": it, "val_loss": val})
             save_training_state()
         if interrupted:
@@ -269,11 +299,38 @@ def main(argv=None):
             sys.exit(130)
 
     if master:
-        save_prefix(prefix.export(), out_dir / "prefix.safetensors", args.init_from)
-        say(f"done: {out_dir / 'prefix.safetensors'} (best val loss {best_val:.4f} in prefix_best.safetensors)")
+        path = export(args, method, model, tokenizer, out_dir, best=False)
+        say(f"done: {path} (best val loss {best_val:.4f} in {export_path(args, out_dir, best=True).name})")
     if ddp:
-        check_ranks_agree(prefix, world)
+        check_ranks_agree(method, world)
         dist.destroy_process_group()
+
+
+def build_method(args: argparse.Namespace, gpt: GPT) -> torch.nn.Module:
+    """What --tuning_mode trains: a prefix (or one of its ablations), or a baseline inside the GPT."""
+    if args.tuning_mode == "prefix":
+        return build_prefix(args.variant, gpt, args.prefix_len, args.mid_dim, args.reparam, args.prefix_dropout,
+                            args.positions_from_zero)
+    if args.tuning_mode == "finetune-top" and args.top_blocks > gpt.config.n_layer:
+        raise UserError(f"--top_blocks {args.top_blocks} exceeds the model's {gpt.config.n_layer} blocks")
+    return build_baseline(args.tuning_mode, gpt, vars(args))
+
+
+def export_path(args: argparse.Namespace, out_dir: Path, best: bool) -> Path:
+    name = Path(EXPORTS[args.tuning_mode])
+    return out_dir / (f"{name.stem}_best{name.suffix}" if best else name.name)
+
+
+def export(args: argparse.Namespace, method, gpt: GPT, tokenizer, out_dir: Path, best: bool) -> Path:
+    """Write what the method trained, and only that: P (no MLP), a baseline's tensors, or a whole fine-tuned GPT."""
+    path = export_path(args, out_dir, best)
+    if args.tuning_mode == "prefix":
+        save_prefix(method.export(), path, args.init_from)
+    elif args.tuning_mode == "finetune":
+        save_pretrained(gpt, path, tokenizer)
+    else:
+        save_tuned(method, path, args.tuning_mode, vars(args), args.init_from)
+    return path
 
 
 def logged_iter(line: str) -> float:
@@ -301,15 +358,15 @@ def adopt_run_args(args: argparse.Namespace, saved: dict, argv) -> None:
         setattr(args, name, value)
 
 
-def check_ranks_agree(prefix: torch.nn.Module, world: int) -> None:
-    """Every process must end with the same prefix: DDP averaged the same gradients into each."""
-    flat = torch.cat([p.detach().flatten() for p in prefix.parameters()])
+def check_ranks_agree(method: torch.nn.Module, world: int) -> None:
+    """Every process must end with the same trained weights: DDP averaged the same gradients into each."""
+    flat = torch.cat([p.detach().flatten() for p in method.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
     if not all(torch.equal(g, gathered[0]) for g in gathered):
         raise RuntimeError("the processes ended with different prefixes")
     if dist.get_rank() == 0:
-        print(f"all {world} processes hold the same prefix")
+        print(f"all {world} processes hold the same trained weights")
 
 
 def format_duration(seconds: float) -> str:

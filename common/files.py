@@ -1,5 +1,6 @@
 """Files that are either complete or absent: write to a temporary name, then rename."""
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,15 +16,23 @@ def cache_dir(*parts: str) -> Path:
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it is renamed to `path`, on failure removed.
 
-    A crash at any moment leaves either the old file or the new one, never half of one.
+    A crash at any moment leaves either the old file or the new one, never half of one. The caller may make
+    the temporary path a directory: it then replaces `path` as a whole.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
-        with open(tmp, "rb") as f:  # the bytes must be on disk before the name points at them
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for file in [f for f in tmp.rglob("*") if f.is_file()] if tmp.is_dir() else [tmp]:
+            with open(file, "rb") as f:  # the bytes must be on disk before the name points at them
+                os.fsync(f.fileno())
+        if tmp.is_dir() and path.is_dir():  # the old directory stays whole until the new one is in its place
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)

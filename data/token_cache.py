@@ -7,7 +7,7 @@ from pathlib import Path
 
 import tiktoken
 
-from common import atomic_path, cache_dir
+from common import UserError, atomic_path, cache_dir
 from data.datasets import load_examples, source_files
 from data.tokens import Sequences
 
@@ -21,7 +21,12 @@ def tokenized_split(dataset: str, split: str, tokenizer: tiktoken.Encoding,
     files = source_files(dataset, split, data_dir)
     path = _cache_path(dataset, split, files, tokenizer)
     if path.exists():
-        return Sequences.load(path)
+        try:
+            sequences = Sequences.load(path)
+            if sequences.eot == tokenizer.eot_token and (sequences.tokens < tokenizer.n_vocab).all():
+                return sequences
+        except UserError:  # a damaged or foreign file: built again below, and replaced
+            pass
     examples = load_examples(dataset, split, data_dir, for_training=True)
     sequences = Sequences.from_pairs(tokenizer, [(ex.table, ref) for ex in examples for ref in ex.references])
     with atomic_path(path) as tmp:

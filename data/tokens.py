@@ -7,6 +7,8 @@ import numpy as np
 import tiktoken
 import torch
 
+from common.errors import UserError
+
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: targets that carry no loss
 
 
@@ -74,11 +76,35 @@ class Sequences:
             targets[b, start - 1:len(row) - 1] = row[start:]  # position t predicts token t + 1
         return idx, targets
 
+    def random_subset(self, n: int, seed: int) -> "Sequences":
+        """n of the sequences, drawn without replacement from the seed and kept in their order: a low-data
+        training set (the paper's §6.3), the same on every machine for the same seed."""
+        chosen = sorted(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+        parts = [self[i] for i in chosen]
+        return Sequences(tokens=np.concatenate(parts), offsets=np.cumsum([0, *map(len, parts)], dtype=np.int64),
+                         loss_starts=self.loss_starts[chosen].copy(), eot=self.eot)
+
     def save(self, path) -> None:
         with open(path, "wb") as f:  # a file object, so numpy does not append ".npz" to a temporary name
             np.savez(f, tokens=self.tokens, offsets=self.offsets, loss_starts=self.loss_starts, eot=self.eot)
 
     @classmethod
     def load(cls, path) -> "Sequences":
-        with np.load(path) as f:
-            return cls(f["tokens"], f["offsets"], f["loss_starts"], int(f["eot"]))
+        """Sequences saved by save(), checked to be what save() writes: a damaged or foreign file is a UserError."""
+        layout = {"tokens": (np.int32, 1), "offsets": (np.int64, 1), "loss_starts": (np.int64, 1), "eot": (None, 0)}
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {name: f[name] for name in f.files} if sorted(f.files) == sorted(layout) else None
+        except Exception as e:  # zipfile, zlib and numpy raise a zoo of types for a damaged file
+            raise UserError(f"{path} could not be read as saved sequences ({type(e).__name__})") from None
+        if arrays is None or any(a.ndim != ndim or (dtype and a.dtype != dtype) or a.dtype.kind not in "iu"
+                                 for a, (dtype, ndim) in zip(map(arrays.get, layout), layout.values())):
+            raise UserError(f"{path} is not a file of saved sequences (tokens, offsets, loss_starts and eot)")
+        tokens, offsets, starts = arrays["tokens"], arrays["offsets"], arrays["loss_starts"]
+        lengths = np.diff(offsets)
+        # sequence i is tokens[offsets[i]:offsets[i + 1]]; its loss starts inside it, after at least one token
+        if not (len(offsets) == len(starts) + 1 and offsets[0] == 0 and offsets[-1] == len(tokens)
+                and (lengths >= 0).all() and (starts >= 1).all() and (starts < lengths).all()
+                and (tokens >= 0).all()):
+            raise UserError(f"{path} is damaged: its offsets and loss starts do not fit its tokens")
+        return cls(tokens, offsets, starts, int(arrays["eot"]))

@@ -9,7 +9,6 @@ The GPT is frozen during prefix-tuning and always runs in eval mode, so it has n
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -8,9 +8,10 @@ import torch
 
 from common.download import download
 from common.errors import UserError
-from common.files import cache_dir
+from common.files import atomic_path, cache_dir
 from model import safetensors
 from model.gpt import GPTConfig
+from model.tokenizer import save_tokenizer_files
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
@@ -20,8 +21,12 @@ MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # old saves' caus
 
 def load_pretrained(cls, name_or_dir: str, cache_root=None):
     directory = checkpoint_dir(name_or_dir, cache_root)
-    model = cls(read_config(directory))
-    load_hub_state(model, read_weights(directory), source=directory)
+    config, state = read_config(directory), read_weights(directory)
+    with torch.device("meta"):  # the model's shapes, without its memory: a damaged file is refused before that
+        skeleton = cls(config)
+    ours = _hub_to_ours(skeleton, state, source=directory)
+    model = cls(config)
+    model.load_state_dict(ours, strict=False)
     return model.eval()
 
 
@@ -44,15 +49,24 @@ def checkpoint_dir(name_or_dir: str, cache_root=None) -> Path:
     return target
 
 
+# config.json's sizes: positive integers up to these caps (GPT-2 xl is 48 layers of 25 heads, width 1600), so a
+# damaged config is refused in a sentence instead of building a model that does not fit in memory
+SIZE_CAPS = {"n_layer": 1024, "n_head": 1024, "n_embd": 65536, "vocab_size": 1 << 24, "n_positions": 1 << 20}
+
+
 def read_config(directory: Path) -> GPTConfig:
     path = directory / "config.json"
     try:
-        hf = json.loads(path.read_text())
+        hf = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{directory} has no config.json; a GPT-2 checkpoint directory holds config.json and "
                         f"model.safetensors (or pytorch_model.bin)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except OSError as e:
+        raise UserError(f"could not read {path} ({e.strerror})") from None
+    except (ValueError, RecursionError):  # not UTF-8, not JSON
         raise UserError(f"{path} is not valid JSON; fetch the checkpoint again") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{path} is a JSON {type(hf).__name__}, not an object of GPT-2's settings")
     if hf.get("model_type") != "gpt2":
         raise UserError(f"{path} describes a {hf.get('model_type')!r} model, not GPT-2 (model_type 'gpt2')")
     unsupported = [k for k, bad in [("activation_function", hf.get("activation_function", "gelu_new")
@@ -62,9 +76,22 @@ def read_config(directory: Path) -> GPTConfig:
                                     ("add_cross_attention", hf.get("add_cross_attention"))] if bad]
     if unsupported:
         raise UserError(f"{path} sets {', '.join(unsupported)} to values this GPT-2 does not implement")
+    for key, cap in SIZE_CAPS.items():
+        _require_size(path, key, hf.get(key), cap)
+    if hf.get("n_inner") is not None:
+        _require_size(path, "n_inner", hf["n_inner"], 4 * SIZE_CAPS["n_embd"])
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if type(eps) not in (int, float) or not 0 < eps < 1:
+        raise UserError(f"{path} sets layer_norm_epsilon to {eps!r}, not a number between 0 and 1")
+    if hf["n_embd"] % hf["n_head"]:
+        raise UserError(f"{path} sets n_embd ({hf['n_embd']}) to no multiple of n_head ({hf['n_head']})")
     return GPTConfig(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], vocab_size=hf["vocab_size"],
-                     block_size=hf["n_positions"], n_inner=hf.get("n_inner"),
-                     layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+                     block_size=hf["n_positions"], n_inner=hf.get("n_inner"), layer_norm_eps=eps)
+
+
+def _require_size(path: Path, key: str, value, cap: int) -> None:
+    if type(value) is not int or not 0 < value <= cap:
+        raise UserError(f"{path} sets {key} to {value!r}, not a positive integer of at most {cap:,}")
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -75,14 +102,24 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise UserError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises a zoo of types for a damaged archive
         raise UserError(f"{path} could not be read ({type(e).__name__}); it may be truncated: "
                         f"delete it and fetch it again") from None
+    if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in state.items())):
+        raise UserError(f"{path} is not a state dict (names mapped to tensors); delete it and fetch it again")
+    return state
 
 
 def load_hub_state(model, state: dict[str, torch.Tensor], source) -> None:
-    """Copy Hugging Face GPT-2 tensors into our GPT.
+    """Copy Hugging Face GPT-2 tensors into our GPT (checked as _hub_to_ours checks them)."""
+    model.load_state_dict(_hub_to_ours(model, state, source), strict=False)
+
+
+def _hub_to_ours(model, state: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
+    """Hugging Face GPT-2 tensors under our GPT's names, each checked against `model`'s (which may be on the meta
+    device: only its names and shapes are read).
 
     Keys may or may not start with "transformer."; Conv1D weights are stored (in, out) and are transposed
     to nn.Linear's (out, in); the LM head is tied to wte, so a stored lm_head.weight is redundant.
@@ -92,7 +129,7 @@ def load_hub_state(model, state: dict[str, torch.Tensor], source) -> None:
         name = key.removeprefix("transformer.")
         if MASK_BUFFER.fullmatch(name) or name == "lm_head.weight":
             continue
-        ours["transformer." + name] = tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
+        ours["transformer." + name] = tensor.t() if name.endswith(CONV1D_WEIGHTS) and tensor.dim() == 2 else tensor
     expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     missing, unexpected = sorted(expected.keys() - ours.keys()), sorted(ours.keys() - expected.keys())
     if missing or unexpected:
@@ -102,4 +139,30 @@ def load_hub_state(model, state: dict[str, torch.Tensor], source) -> None:
     if wrong:
         raise UserError(f"{source}: {wrong[0]} has shape {tuple(ours[wrong[0]].shape)}, its config implies "
                         f"{tuple(expected[wrong[0]].shape)}")
-    model.load_state_dict(ours, strict=False)
+    not_float = [k for k in expected if not ours[k].is_floating_point()]
+    if not_float:
+        raise UserError(f"{source}: {not_float[0]} holds {str(ours[not_float[0]].dtype).removeprefix('torch.')}, "
+                        f"not floating-point weights")
+    return ours
+
+
+def save_pretrained(model, directory, tokenizer) -> Path:
+    """Write `model` as a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, vocab.json,
+    merges.txt) that GPT.from_pretrained, --init_from and transformers' GPT2LMHeadModel all load.
+
+    The directory appears whole or not at all: it is written under a temporary name and renamed.
+    """
+    directory = Path(directory)
+    c = model.config
+    config = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=c.n_layer, n_head=c.n_head,
+                  n_embd=c.n_embd, vocab_size=c.vocab_size, n_positions=c.block_size, n_ctx=c.block_size,
+                  n_inner=c.n_inner, layer_norm_epsilon=c.layer_norm_eps, activation_function="gelu_new",
+                  bos_token_id=c.vocab_size - 1, eos_token_id=c.vocab_size - 1, tie_word_embeddings=True)
+    state = {key: tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor  # back to Conv1D's (in, out)
+             for key, tensor in model.state_dict().items() if key != "lm_head.weight"}  # tied to wte
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        safetensors.save_file({k: v.detach().float().cpu() for k, v in state.items()}, tmp / "model.safetensors")
+        save_tokenizer_files(tokenizer, tmp)
+    return directory

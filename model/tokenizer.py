@@ -28,18 +28,87 @@ def get_tokenizer(directory=None) -> tiktoken.Encoding:
 
 
 def from_files(vocab_path: Path, merges_path: Path) -> tiktoken.Encoding:
-    """Build the encoding from a vocabulary (token -> id) and its merges, checking that they agree."""
-    byte_of = {char: byte for byte, char in _bytes_to_unicode().items()}
-    decode = lambda token: bytes(byte_of[c] for c in token)
-    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    ranks = {decode(token): i for token, i in vocab.items() if token != EOT}
-    merges = [line.split() for line in merges_path.read_text(encoding="utf-8").splitlines()[1:] if line]
-    # In GPT-2 a merged token's id is its merge rank: 256 single bytes come first, then merges in order.
-    if len(ranks) != 256 + len(merges) or any(ranks.get(decode(a) + decode(b)) != 256 + i
-                                              for i, (a, b) in enumerate(merges)):
+    """Build the encoding from a vocabulary (token -> id) and its merges, checking that they agree.
+
+    In GPT-2 a token's id is its merge rank: the 256 single bytes take ids 0-255, each line i of the merges makes
+    the token with id 256 + i, and <|endoftext|> comes last.
+    """
+    vocab, merges = _read_vocab(vocab_path), _read_merges(merges_path)
+    eot = vocab.pop(EOT, EOT_ID)
+    ranks = {_token_bytes(vocab_path, token): i for token, i in vocab.items()}
+    pairs = [(_token_bytes(merges_path, a), _token_bytes(merges_path, b)) for a, b in merges]
+    agree = (len(ranks) == 256 + len(pairs) and eot == len(ranks)
+             and sorted(ranks.get(bytes([b])) for b in range(256)) == list(range(256))
+             and all(ranks.get(a + b) == 256 + i for i, (a, b) in enumerate(pairs)))
+    if not agree:
         raise UserError(f"{vocab_path} and {merges_path} do not describe the same GPT-2 vocabulary")
-    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: vocab.get(EOT, EOT_ID)}, explicit_n_vocab=len(ranks) + 1)
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: eot},
+                             explicit_n_vocab=len(ranks) + 1)
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    """vocab.json (or encoder.json): one JSON object of tokens and their integer ids."""
+    text = _read_text(path)
+    try:
+        vocab = json.loads(text)
+    except (ValueError, RecursionError):
+        vocab = None
+    if not (isinstance(vocab, dict) and all(type(i) is int for i in vocab.values())):
+        raise UserError(f"{path} is not a GPT-2 vocabulary (a JSON object of tokens and their integer ids)")
+    return vocab
+
+
+def _read_merges(path: Path) -> list[list[str]]:
+    """merges.txt (or vocab.bpe): a "#version" line, then one merge of two tokens a line."""
+    lines = _read_text(path).splitlines()
+    merges = [line.split() for line in lines[1 if lines and lines[0].startswith("#") else 0:] if line]
+    if any(len(merge) != 2 for merge in merges):
+        raise UserError(f"{path} is not GPT-2 merges (a #version line, then two tokens a line)")
+    return merges
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"could not read {path} ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text, so not a GPT-2 tokenizer file") from None
+
+
+def _token_bytes(path: Path, token: str) -> bytes:
+    """A token's bytes from GPT-2's printable form of them."""
+    try:
+        return bytes(_BYTE_OF[c] for c in token)
+    except KeyError as e:
+        raise UserError(f"{path} holds the token {token[:40]!r}, whose character {e.args[0]!r} stands for no "
+                        f"byte in GPT-2's files") from None
+
+
+def save_tokenizer_files(tokenizer: tiktoken.Encoding, directory: Path) -> None:
+    """Write vocab.json and merges.txt, the Hugging Face form of GPT-2's BPE, for a tiktoken encoding."""
+    ranks = tokenizer._mergeable_ranks
+    char_of = _bytes_to_unicode()
+    text = lambda token: "".join(char_of[b] for b in token)
+    vocab = {text(token): rank for token, rank in ranks.items()} | {EOT: tokenizer.eot_token}
+    merges = [" ".join(map(text, _last_merge(token, rank, ranks)))
+              for token, rank in sorted(ranks.items(), key=lambda item: item[1]) if rank >= 256]
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+
+
+def _last_merge(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The two tokens merged into `token`: BPE on its bytes with the merges ranked before it leaves exactly two."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        best, i = min(pairs)
+        if best >= rank:
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"token {token!r} of rank {rank} is not a merge of two earlier tokens")
+    return parts[0], parts[1]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -51,3 +120,6 @@ def _bytes_to_unicode() -> dict[int, str]:
             table[b] = chr(256 + extra)
             extra += 1
     return table
+
+
+_BYTE_OF = {char: byte for byte, char in _bytes_to_unicode().items()}

@@ -13,6 +13,8 @@ from model import safetensors
 from model.gpt import GPTConfig
 from prefix.tuning import PrefixTuning
 
+SIZES = ("num_layers", "num_attention_heads", "token_dim", "num_virtual_tokens")  # positive integers
+
 
 def save_peft_adapter(prefix: PrefixTuning, directory, base_model: str) -> None:
     if prefix.positions_from_zero or prefix.placement != "prefix":
@@ -30,23 +32,29 @@ def save_peft_adapter(prefix: PrefixTuning, directory, base_model: str) -> None:
 
 def load_peft_adapter(directory, config: GPTConfig) -> PrefixTuning:
     directory = Path(directory)
+    path = directory / "adapter_config.json"
     try:
-        peft = json.loads((directory / "adapter_config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        peft = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not UTF-8, not JSON
         raise UserError(f"{directory} holds no readable adapter_config.json") from None
+    if not isinstance(peft, dict):
+        raise UserError(f"{path} is a JSON {type(peft).__name__}, not an object of the adapter's settings")
     if peft.get("peft_type") != "PREFIX_TUNING":
-        raise UserError(f"{directory} is a {peft.get('peft_type')} adapter, not PREFIX_TUNING")
-    missing = [key for key in ("num_layers", "num_attention_heads", "token_dim", "num_virtual_tokens")
-               if key not in peft]
+        raise UserError(f"{directory} is a {str(peft.get('peft_type'))[:40]} adapter, not PREFIX_TUNING")
+    missing = [key for key in SIZES if key not in peft]
     if missing:
         raise UserError(f"{directory}/adapter_config.json lacks {', '.join(missing)}")
+    wrong = next((key for key in SIZES if type(peft[key]) is not int or not 0 < peft[key] < 1 << 31), None)
+    if wrong:
+        raise UserError(f"{path} sets {wrong} to {str(peft[wrong])[:40]}, not a positive integer")
     shape = (peft["num_layers"], peft["num_attention_heads"], peft["token_dim"])
     if shape != (config.n_layer, config.n_head, config.n_embd):
         raise UserError(f"{directory} was trained for a GPT with {shape[0]} layers, {shape[1]} heads and width "
                         f"{shape[2]}, not this one ({config.n_layer}, {config.n_head}, {config.n_embd})")
-    P = safetensors.load_file(directory / "adapter_model.safetensors").get("prompt_embeddings")
+    tensors = safetensors.load_file(directory / "adapter_model.safetensors")
+    P = tensors.get("prompt_embeddings")
     expected = (peft["num_virtual_tokens"], config.n_layer * 2 * config.n_embd)
-    if P is None or P.shape != expected:
+    if tensors.keys() != {"prompt_embeddings"} or P.shape != expected or not P.is_floating_point():
         raise UserError(f"{directory}/adapter_model.safetensors holds no prompt_embeddings of the projected "
-                        f"prefix's shape {expected}")
+                        f"prefix's shape {expected} alone, in floating point")
     return PrefixTuning.holding(config, P)

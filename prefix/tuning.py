@@ -73,6 +73,10 @@ class PrefixTuning(nn.Module):
         """The inference form: P computed once, no MLP, no gradients (prefix_len · n_layer · 2 · n_embd numbers)."""
         return self._export_as(PrefixTuning)
 
+    def stored_parameters(self) -> int:
+        """Numbers the export keeps: P, prefix_len · n_layer · 2 · n_embd."""
+        return self.prefix_len * self.config.n_layer * 2 * self.config.n_embd
+
     def _export_as(self, cls: type[PrefixTuning]) -> PrefixTuning:
         return cls.holding(self.config, self.activations().detach(), self.positions_from_zero)
 
@@ -110,7 +114,7 @@ def parameter_report(prefix: nn.Module, gpt: GPT) -> str:
     """Trainable numbers while training, numbers stored after export, and the stored share of the GPT."""
     c = gpt.config
     trainable = sum(p.numel() for p in prefix.parameters() if p.requires_grad)
-    stored = prefix.prefix_len * c.n_layer * 2 * c.n_embd
+    stored = prefix.stored_parameters()
     base = sum(p.numel() for p in gpt.parameters())
     return (f"prefix: {trainable:,} trainable parameters while training (P' and the MLP); "
             f"{stored:,} stored after export ({prefix.prefix_len} × {c.n_layer} layers × 2 × {c.n_embd}), "

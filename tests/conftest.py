@@ -11,6 +11,26 @@ SHARED = ROOT.parent / "shared"
 # the float32 CPU path of model/linear.py and model/loss.py
 needs_onednn = pytest.mark.skipif(not _ONEDNN, reason="no oneDNN path here: a CPU other than x86-64, or a torch "
                                                       "without oneDNN")
+# a test's device: parametrize with DEVICES to run it on CPU and, where there is one, on a CUDA GPU
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda skip, with the reason, where torch sees no CUDA GPU."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); scripts/gpu_check.sh "
+                                   "runs these where there is one")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
+def on_device(module, device):
+    """`module` itself on CPU; elsewhere a copy on `device`, so a shared fixture stays where it is."""
+    import copy
+    return module if str(device) == "cpu" else copy.deepcopy(module).to(device)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from bench import main, training_step_flops
+from conftest import DEVICES
 from model import GPTConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "bench.py"
@@ -44,9 +45,18 @@ def test_our_side_prints_every_row():
     assert "useful FLOP/s ≥ 70% of the matmul peak" in out
 
 
-def test_compare_peft_runs_both_sides_and_prints_the_ratios():
+def test_full_weights_prints_the_training_rows_only():
+    out = run("--full_weights")
+    assert "full-weight training 2 × 16 tokens, loss on the last 8; every weight trains" in out
+    for row in ROWS[:3]:
+        assert row in out
+    assert "decoding" not in out and "targets:" not in out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compare_peft_runs_both_sides_and_prints_the_ratios(device):
     pytest.importorskip("peft")
-    out = run("--compare", "peft")
+    out = run("--compare", "peft", "--device", device)
     assert "run 1/1 ours:" in out and "run 1/1 peft:" in out
     table = out[out.index("ours against peft"):]
     for row in ROWS:
@@ -63,6 +73,7 @@ def test_compare_peft_runs_both_sides_and_prints_the_ratios():
     (["--n_head", "5"], "--n_embd 768 must be a multiple of --n_head 5"),
     (["--prefix_len", "1000"], "more than --block_size 1024 positions"),
     (["--compare", "tf"], "invalid choice"),
+    (["--full_weights", "--compare", "peft"], "--full_weights measures our side only"),
 ])
 def test_a_bad_flag_is_one_sentence_and_exit_2(flags, says, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -241,3 +241,91 @@ def test_tokenizer_offline_without_files_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(UserError, match="TIKTOKEN_CACHE_DIR"):
         get_tokenizer(tmp_path)
+
+
+# ---- writing checkpoints: save_pretrained, save_tokenizer_files, atomic_path for directories ------------------
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2]], ids=["plain", "n_inner"])
+def test_save_pretrained_round_trips_and_transformers_loads_it(shape, tokenizer, tmp_path):
+    from transformers import GPT2LMHeadModel
+    hf = random_hf_gpt2(**shape, seed=5)
+    ours = GPT.from_pretrained(str(write_checkpoint(hf, tmp_path / "original")))
+    from model.loading import save_pretrained
+    save_pretrained(ours, tmp_path / "saved", tokenizer)
+    assert {p.name for p in (tmp_path / "saved").iterdir()} == {"config.json", "model.safetensors", "vocab.json",
+                                                               "merges.txt"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+    again = GPT.from_pretrained(str(tmp_path / "saved"))
+    assert again.config == ours.config
+    expected = ours.state_dict()
+    assert again.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in again.state_dict().items())
+    theirs = GPT2LMHeadModel.from_pretrained(str(tmp_path / "saved")).eval()
+    with torch.no_grad():
+        assert_same_logits(again, theirs)
+        assert_same_logits(again, hf)
+    assert get_tokenizer(tmp_path / "saved").encode("name : Aromi") == tokenizer.encode("name : Aromi")
+
+
+def test_save_pretrained_replaces_an_earlier_checkpoint_whole(tokenizer, tmp_path):
+    from model.loading import save_pretrained
+    first = GPT.from_pretrained(str(write_checkpoint(random_hf_gpt2(seed=1), tmp_path / "a")))
+    second = GPT.from_pretrained(str(write_checkpoint(random_hf_gpt2(seed=2), tmp_path / "b")))
+    save_pretrained(first, tmp_path / "out", tokenizer)
+    (tmp_path / "out" / "stale.bin").write_text("from an older save")
+    save_pretrained(second, tmp_path / "out", tokenizer)
+    assert not (tmp_path / "out" / "stale.bin").exists()
+    loaded = GPT.from_pretrained(str(tmp_path / "out"))
+    assert torch.equal(loaded.transformer.wte.weight, second.transformer.wte.weight)
+
+
+def test_save_tokenizer_files_writes_the_hub_files_of_gpt2(shared, tmp_path):
+    import json
+
+    import tiktoken
+    from model.tokenizer import save_tokenizer_files
+    save_tokenizer_files(tiktoken.get_encoding("gpt2"), tmp_path)
+    written = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    assert written == json.loads((shared / "gpt2" / "encoder.json").read_text(encoding="utf-8"))
+    merge_lines = lambda path: [line for line in path.read_text(encoding="utf-8").splitlines()
+                                if line and not line.startswith("#version")]
+    ours, theirs = merge_lines(tmp_path / "merges.txt"), merge_lines(shared / "gpt2" / "vocab.bpe")
+    assert len(ours) == 50000 and ours == theirs  # every merge, in rank order
+    reloaded = from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    assert reloaded.encode(" Café naïve £30") == tiktoken.get_encoding("gpt2").encode(" Café naïve £30")
+
+
+def test_atomic_path_replaces_a_directory_whole(tmp_path):
+    from common.files import atomic_path
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    (target / "sub").mkdir()
+    (target / "sub" / "deep.txt").write_text("old")
+    with atomic_path(target) as tmp:
+        assert tmp != target and tmp.parent == target.parent
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+        (tmp / "nested").mkdir()
+        (tmp / "nested" / "x.txt").write_text("x")
+        assert (target / "old.txt").exists()  # the old one is there until the new one is complete
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["nested", "nested/x.txt", "new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary left beside it
+
+
+def test_atomic_path_keeps_the_old_directory_when_writing_fails(tmp_path):
+    from common.files import atomic_path
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("disk full")
+    assert [p.name for p in target.iterdir()] == ["old.txt"] and (target / "old.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # the half-written temporary directory is gone
+    with pytest.raises(RuntimeError):  # and a failure before anything was written leaves nothing either
+        with atomic_path(tmp_path / "new") as tmp:
+            raise RuntimeError("early")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

@@ -165,7 +165,7 @@ def test_sample_scores_a_split_in_the_papers_layout(trained_run, tmp_path):
                         "--max_new_tokens", "10", "--no-coco", "--output", tmp_path / "dev.txt")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"e2e dev: 6 tables, beam 5, prefix from {trained_run}"
+    assert lines[0] == f"e2e dev: 6 tables, beam 5, trained in {trained_run}"
     assert lines[1].split() == ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"]
     assert len((tmp_path / "dev.txt").read_text(encoding="utf-8").splitlines()) == 6
 
