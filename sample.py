@@ -30,7 +30,7 @@ from model import safetensors
 from model.loading import checkpoint_dir
 from model.tokenizer import get_tokenizer
 from prefix import build_prefix, load_prefix, prefix_metadata
-from prefix.artifact import read_training_checkpoint
+from prefix.artifact import read_training_checkpoint, restore_training_state
 
 NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, one text is one line
 
@@ -112,7 +112,7 @@ def load_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
                                   trained["reparam"], positions_from_zero=trained["positions_from_zero"])
         else:
             method = build_baseline(mode, gpt, trained)
-        method.load_state_dict(checkpoint["trained"])
+        restore_training_state(out_dir / "ckpt.pt", checkpoint, method)
         method = method.export() if mode == "prefix" else method.requires_grad_(False).eval()
     return gpt, method.to(device), get_tokenizer(directory), trained
 

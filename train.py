@@ -35,7 +35,7 @@ from model import GPT
 from model.loading import checkpoint_dir, read_config, save_pretrained
 from model.tokenizer import get_tokenizer
 from prefix import VARIANTS, build_prefix, freeze, init_from_text, parameter_report, save_prefix
-from prefix.artifact import read_training_checkpoint
+from prefix.artifact import read_training_checkpoint, restore_training_state
 
 # The paper's table-to-text settings (Li & Liang 2021, Table 6 and §5): AdamW, linear decay, MLP k = 512.
 PAPER = {"e2e": dict(learning_rate=8e-5, batch_size=10, epochs=5),
@@ -210,8 +210,7 @@ def main(argv=None):
 
     it, best_val = 0, float("inf")
     if checkpoint is not None:
-        method.load_state_dict(checkpoint["trained"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_training_state(out_dir / "ckpt.pt", checkpoint, method, optimizer)
         it, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"][rank])
         if device.type == "cuda":  # prefix dropout on a GPU draws from the GPU's own generator

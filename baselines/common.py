@@ -37,8 +37,11 @@ class ChangesTheGPT(nn.Module):
         """Trainable numbers while training, numbers the export stores, and their share of the GPT."""
         trainable = sum(p.numel() for p in {id(p): p for p in self.parameters() if p.requires_grad}.values())
         stored = self.stored_parameters()
-        return (f"{type(self).__name__}: {trainable:,} trainable parameters ({100 * trainable / gpt_parameters:.3f}% "
+        return (f"{self.title()}: {trainable:,} trainable parameters ({100 * trainable / gpt_parameters:.3f}% "
                 f"of the GPT's {gpt_parameters:,}); {stored:,} stored after export ({100 * stored / gpt_parameters:.3f}%)")
+
+    def title(self) -> str:
+        return type(self).__name__
 
     def stored_parameters(self) -> int:
         """Numbers the export keeps for this task."""

@@ -22,3 +22,6 @@ class FineTuning(ChangesTheGPT):
         # the trained part as a submodule: its parameters are the optimizer's, its state_dict the checkpoint's
         self.trained = gpt if top_blocks is None else nn.ModuleList(gpt.transformer.h[-top_blocks:])
         self.trained.requires_grad_(True)
+
+    def title(self) -> str:
+        return "fine-tuning" if self.top_blocks is None else f"fine-tuning the top {self.top_blocks} blocks"

@@ -1,6 +1,6 @@
 """Pretrain a small GPT-2 from scratch on this machine, for the miniature of the paper's tables.
 
-    python -m experiments.pretrain_small --out_dir experiments/runs/small-gpt2     # ~25 min on 2 CPU cores
+    python -m experiments.pretrain_small --out_dir experiments/runs/small-gpt2     # ~22 min on 2 idle CPU cores
 
 No pretrained GPT-2 can be downloaded here, and prefix-tuning can only steer a frozen LM toward what it already
 does: a table-to-text prefix needs an LM that copies names from its context. So the corpus is made to teach

@@ -6,6 +6,7 @@ ROUGE-L (F-measure with beta = 1.2 of the best LCS precision and best LCS recall
 over hypotheses) and CIDEr-D (n-grams up to 4, sigma = 6, document frequencies from the references, x10).
 The package pycocoevalcap ships the jars for the tokenizer and METEOR, so all three metrics need Java.
 """
+import functools
 import shutil
 from collections.abc import Sequence
 
@@ -33,7 +34,13 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({i: [{"caption": ref} for ref in group] for i, group in enumerate(references)})
     res = tokenizer.tokenize({i: [{"caption": hypothesis}] for i, hypothesis in enumerate(hypotheses)})
-    meteor, _ = Meteor().compute_score(gts, res)
+    meteor, _ = _meteor(Meteor).compute_score(gts, res)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
     return {"METEOR": 100 * float(meteor), "ROUGE-L": 100 * float(rouge), "CIDEr": float(cider)}
+
+
+@functools.lru_cache(maxsize=1)
+def _meteor(meteor_class):
+    """One METEOR server (a Java process) for every call: starting one takes seconds."""
+    return meteor_class()

@@ -145,5 +145,17 @@ def read_training_checkpoint(path) -> dict:
     return checkpoint
 
 
+def restore_training_state(path, checkpoint: dict, method, optimizer=None) -> None:
+    """Put a checked ckpt.pt's trained tensors (and AdamW's state) into a freshly built method; tensors that do not
+    fit the method its settings describe are one sentence."""
+    try:
+        method.load_state_dict(checkpoint["trained"])
+        if optimizer is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # missing or unexpected tensors, other shapes, other groups
+        raise UserError(f"{path} is damaged: its tensors do not fit the method its settings describe "
+                        f"({type(e).__name__})") from None
+
+
 def describe(n_layer: int, n_head: int, n_embd: int) -> str:
     return f"{n_layer} layers, {n_head} heads, width {n_embd}"

@@ -167,6 +167,19 @@ def test_resume_refuses_to_change_the_run(tiny_gpt2, shared, tmp_path):
     assert result.returncode == 2 and "contradicts the run being resumed" in result.stderr
 
 
+def test_a_checkpoint_whose_tensors_do_not_fit_its_settings_is_one_sentence(tiny_gpt2, shared, tmp_path):
+    assert train(tiny_gpt2, shared, tmp_path).returncode == 0
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    state["args"]["prefix_len"] = 5  # the settings now describe a prefix its tensors (10 rows) are not
+    torch.save(state, tmp_path / "ckpt.pt")
+    for export in tmp_path.glob("prefix*.safetensors"):  # so that sample.py reads the checkpoint too
+        export.unlink()
+    for result in (train(tiny_gpt2, shared, tmp_path, "--resume"),
+                   run_script("sample.py", "--out_dir", tmp_path, "--start", "name : Aromi")):
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "do not fit the method its settings describe" in result.stderr
+
+
 def test_out_dir_that_is_a_file_is_one_sentence(tiny_gpt2, shared, tmp_path):
     (tmp_path / "taken").write_text("")
     result = train(tiny_gpt2, shared, tmp_path / "taken", timeout=120)
