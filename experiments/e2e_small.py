@@ -274,7 +274,9 @@ def report(runs: list[Run], probe_runs: list[Run], rates: dict[str, str], budget
         f"held-out repeated spans. Full-data runs: {budget.main_iters} iterations of batch 10 (a "
         f"{budget.main_iters * 10 / 42061:.2f} epoch of E2E train); low-data runs: {budget.low_data_iters} "
         f"iterations. Decoding: beam 5; the main table is scored on {budget.test_tables} E2E test tables, the "
-        f"sweeps on the first {budget.sweep_tables}.", "",
+        f"sweeps on the first {budget.sweep_tables}. All {len(probe_runs) + len(runs)} runs together trained and "
+        f"decoded for {format_seconds(sum(r.result['train_s'] + r.result['decode_s'] for r in probe_runs + runs))} "
+        f"(wall time of train.py and sample.py, scoring not included).", "",
         "## Main table", "",
         "| method | trainable | stored | " + " | ".join(m for m, _ in METRICS) + " | names the restaurant | training "
         "| decoding |", "|---|---|---|" + "---|" * len(METRICS) + "---|---|---|"]
