@@ -198,6 +198,17 @@ def _train_and_score(run: Run, budget: Budget, small_lm: Path, e2e_dir: Path, ou
         tmp.write_text(json.dumps(run.result, indent=1))
 
 
+def score_as_a_sweep(run: Run, budget: Budget, work: Path, references, coco: bool) -> None:
+    """The main prefix run is also the sweep's P = 10: score it on the sweeps' tables too, so the sweep compares
+    like with like."""
+    if "sweep_scores" not in run.result:
+        texts = run.result["texts"][:budget.sweep_tables]
+        refs = references[:len(texts)]
+        run.result["sweep_scores"] = e2e_scores(texts, refs, coco=False) | (coco_scores(texts, refs) if coco else {})
+        with atomic_path(work / run.name / "result.json") as tmp:
+            tmp.write_text(json.dumps(run.result, indent=1))
+
+
 def pretrain(budget: Budget, small_lm: Path, e2e_dir: Path, webnlg_dir: Path, log: Path) -> float:
     """Build the small GPT-2 unless it is there; the seconds it took (0 when reused)."""
     if (small_lm / "model.safetensors").exists():
@@ -244,6 +255,7 @@ def main(argv=None):
     runs = plan(budget, small_lm, rates)
     for run in runs:
         train_and_score(run, budget, small_lm, e2e_dir, work, references, args.coco, announce=True)
+    score_as_a_sweep(next(run for run in runs if run.name == "prefix"), budget, work, references, args.coco)
     pretraining = json.loads((small_lm.parent / (small_lm.name + ".json")).read_text())
     summary = {"budget": asdict(budget), "pretraining": pretraining,
                "pretrain_s_this_call": pretrain_s, "total_s_this_call": time.time() - started,
@@ -340,8 +352,9 @@ def mean_spread(results: list[dict], metric: str) -> str:
 
 
 def prefix_lengths(runs: list[Run]) -> list[tuple[int, dict]]:
-    found = [(int(r.flags[r.flags.index("--prefix_len") + 1]), r.result) for r in runs
-             if r.group == "length" or r.name == "prefix"]
+    found = [(int(r.flags[r.flags.index("--prefix_len") + 1]),
+              r.result if r.group == "length" else {**r.result, "scores": r.result["sweep_scores"]})
+             for r in runs if r.group == "length" or r.name == "prefix"]
     return sorted(found, key=lambda pair: pair[0])
 
 
@@ -354,12 +367,14 @@ def figures(runs: list[Run], budget: Budget, results_dir: Path) -> None:
     except ImportError:
         print("no figures: matplotlib is not installed (pip install matplotlib)")
         return
-    title = "small GPT-2 pretrained here (not the paper's)"
+    title = "\nsmall GPT-2 pretrained here, not the paper's"
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for mode, label in (("prefix", "prefix-tuning"), ("finetune", "fine-tuning")):
         means = [statistics.mean(r["scores"]["BLEU"] for r in low_data(runs, mode, n)) for n in budget.sizes]
         ax.plot(budget.sizes, means, marker="o", label=label)
     ax.set(xscale="log", xlabel="training pairs", ylabel="BLEU (E2E test)", title=f"Low data: {title}")
+    ax.set_xticks(budget.sizes, [str(n) for n in budget.sizes], minor=False)
+    ax.minorticks_off()
     ax.legend()
     save_figure(fig, results_dir / "bleu_vs_examples.png")
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -377,6 +392,7 @@ def figures(runs: list[Run], budget: Budget, results_dir: Path) -> None:
 
 
 def save_figure(fig, path: Path) -> None:
+    fig.axes[0].title.set_fontsize(10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
