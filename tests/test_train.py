@@ -233,7 +233,7 @@ def test_ddp_with_two_gloo_processes_ends_with_the_same_prefix(tiny_gpt2, shared
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "all 2 processes hold the same prefix" in result.stdout
+    assert "all 2 processes hold the same trained weights" in result.stdout
     assert "global batch 12" in result.stdout
     assert val_losses(tmp_path)[-1] < val_losses(tmp_path)[0]
 
