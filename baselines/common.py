@@ -35,7 +35,7 @@ class ChangesTheGPT(nn.Module):
 
     def report(self, gpt_parameters: int) -> str:
         """Trainable numbers while training, numbers the export stores, and their share of the GPT."""
-        trainable = sum(p.numel() for p in {id(p): p for p in self.parameters() if p.requires_grad}.values())
+        trainable = trainable_parameters(self)
         stored = self.stored_parameters()
         return (f"{self.title()}: {trainable:,} trainable parameters ({100 * trainable / gpt_parameters:.3f}% "
                 f"of the GPT's {gpt_parameters:,}); {stored:,} stored after export ({100 * stored / gpt_parameters:.3f}%)")
@@ -47,3 +47,8 @@ class ChangesTheGPT(nn.Module):
         """Numbers the export keeps for this task."""
         unique = {t.data_ptr(): t.numel() for t in self.state_dict().values()}  # a tied weight counts once
         return sum(unique.values())
+
+
+def trainable_parameters(module: nn.Module) -> int:
+    """Numbers that receive gradients, each shared parameter counted once."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters() if p.requires_grad}.values())

@@ -28,6 +28,7 @@ from pathlib import Path
 import sample
 import train
 from baselines import adapter_dim_for_share
+from baselines.common import trainable_parameters
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser
 from data import load_examples
@@ -131,8 +132,7 @@ def parameter_counts(run: Run, small_lm: Path) -> dict[str, int]:
     gpt = GPT.from_pretrained(str(small_lm))
     total = sum(p.numel() for p in gpt.parameters())
     method = train.build_method(train.parse_args(["--tuning_mode", run.mode, *run.flags]), gpt)
-    trainable = sum(p.numel() for p in {id(p): p for p in method.parameters() if p.requires_grad}.values())
-    return {"trainable": trainable, "stored": method.stored_parameters(), "gpt_parameters": total}
+    return {"trainable": trainable_parameters(method), "stored": method.stored_parameters(), "gpt_parameters": total}
 
 
 def validation_curve(log: Path) -> list[tuple[int, float]]:

@@ -112,11 +112,6 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_hub_state(model, state: dict[str, torch.Tensor], source) -> None:
-    """Copy Hugging Face GPT-2 tensors into our GPT (checked as _hub_to_ours checks them)."""
-    model.load_state_dict(_hub_to_ours(model, state, source), strict=False)
-
-
 def _hub_to_ours(model, state: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
     """Hugging Face GPT-2 tensors under our GPT's names, each checked against `model`'s (which may be on the meta
     device: only its names and shapes are read).
