@@ -35,11 +35,13 @@ def build_baseline(mode: str, gpt: GPT, settings: dict) -> ChangesTheGPT:
     raise ValueError(f"unknown baseline {mode!r}")
 
 
-def save_tuned(method: ChangesTheGPT, path, mode: str, settings: dict, base_model: str) -> None:
-    """FT-top2, adapters, LoRA: their state_dict and how to rebuild them, atomically."""
+def save_tuned(method: ChangesTheGPT, path, mode: str, settings: dict, base_model: str,
+               run: dict[str, str] | None = None) -> None:
+    """FT-top2, adapters, LoRA: their state_dict and how to rebuild them (with `run`: the run id and dataset),
+    atomically."""
     c = method.frozen_gpt[0].config
     metadata = dict(format=FORMAT, tuning_mode=mode, base_model=base_model, n_layer=c.n_layer, n_head=c.n_head,
-                    n_embd=c.n_embd, **{name: settings[name] for name in SETTINGS[mode]})
+                    n_embd=c.n_embd, **{name: settings[name] for name in SETTINGS[mode]}, **(run or {}))
     safetensors.save_file({k: v.detach().cpu() for k, v in method.state_dict().items()}, path,
                           {k: str(v) for k, v in metadata.items()})
 

@@ -178,8 +178,7 @@ def _train_and_score(run: Run, budget: Budget, small_lm: Path, e2e_dir: Path, ou
              "--tuning_mode", run.mode, "--max_iters", str(iters),
              "--eval_interval", str(min(budget.eval_interval, iters)), "--eval_iters", str(budget.eval_iters),
              "--log_interval", str(max(1, budget.eval_interval // 5)), *run.flags]
-    if (out / "ckpt.pt").exists():
-        flags.append("--resume")
+    flags.append("--resume" if (out / "ckpt.pt").exists() else "--overwrite")  # the folder holds train.log already
     train_s = run_script(train, flags, out / "train.log")
     texts, scores, decode_s = [], {}, 0.0
     if run.group != "probe":  # a probe only needs its dev loss

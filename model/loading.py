@@ -141,9 +141,10 @@ def _hub_to_ours(model, state: dict[str, torch.Tensor], source) -> dict[str, tor
     return ours
 
 
-def save_pretrained(model, directory, tokenizer) -> Path:
+def save_pretrained(model, directory, tokenizer, metadata: dict[str, str] | None = None) -> Path:
     """Write `model` as a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, vocab.json,
-    merges.txt) that GPT.from_pretrained, --init_from and transformers' GPT2LMHeadModel all load.
+    merges.txt) that GPT.from_pretrained, --init_from and transformers' GPT2LMHeadModel all load. `metadata` goes
+    into model.safetensors' header (train.py's run id and dataset).
 
     The directory appears whole or not at all: it is written under a temporary name and renamed.
     """
@@ -158,6 +159,7 @@ def save_pretrained(model, directory, tokenizer) -> Path:
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        safetensors.save_file({k: v.detach().float().cpu() for k, v in state.items()}, tmp / "model.safetensors")
+        safetensors.save_file({k: v.detach().float().cpu() for k, v in state.items()}, tmp / "model.safetensors",
+                              {"format": "pt", **(metadata or {})})
         save_tokenizer_files(tokenizer, tmp)
     return directory

@@ -17,13 +17,13 @@ from prefix.tuning import PrefixTuning
 FORMAT = "prefix-tuning/1"
 
 
-def save_prefix(prefix: PrefixTuning, path, base_model: str) -> None:
-    """Write P (prefix_len, n_layer·2·n_embd) and its metadata, atomically."""
+def save_prefix(prefix: PrefixTuning, path, base_model: str, run: dict[str, str] | None = None) -> None:
+    """Write P (prefix_len, n_layer·2·n_embd) and its metadata (with `run`: the run id and dataset), atomically."""
     P = prefix.activations().detach().cpu().contiguous()
     c = prefix.config
     metadata = dict(format=FORMAT, base_model=base_model, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
                     prefix_len=prefix.prefix_len, placement=prefix.placement, dtype=str(P.dtype).removeprefix("torch."),
-                    positions="from_zero" if prefix.positions_from_zero else "after_prefix")
+                    positions="from_zero" if prefix.positions_from_zero else "after_prefix", **(run or {}))
     safetensors.save_file({"prefix": P}, path, {k: str(v) for k, v in metadata.items()})
 
 
@@ -75,6 +75,7 @@ def _count(path, meta: dict[str, str], key: str) -> int:
 
 # What train.py's ckpt.pt holds: each key and the test its value passes.
 CHECKPOINT = {
+    "run_id": lambda v: isinstance(v, str) and 0 < len(v) <= 64,
     "iter": lambda v: type(v) is int and v >= 0,
     "best_val_loss": lambda v: type(v) in (int, float),
     "trained": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
@@ -85,12 +86,16 @@ CHECKPOINT = {
                            and all(type(k) is int and _adamw_state(s) for k, s in v["state"].items()),
     "rng": lambda v: isinstance(v, list) and len(v) > 0 and all(
         isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.shape == torch.get_rng_state().shape for t in v),
+    "device_rng": lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(d, dict) and all(k in ("cuda", "mps") and isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                                    for k, t in d.items()) for d in v),
     "args": lambda v: isinstance(v, dict) and isinstance(v.get("init_from"), str)
                       and all(isinstance(k, str) for k in v),
     "config": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
 }
-WHAT = {"iter": "a count of iterations", "best_val_loss": "a number", "trained": "a state dict of tensors",
+WHAT = {"run_id": "a run id", "iter": "a count of iterations", "best_val_loss": "a number", "trained": "a state dict of tensors",
         "optimizer": "an optimizer's state dict", "rng": "one generator state per process",
+        "device_rng": "one accelerator generator state (or none) per process",
         "args": "the run's settings", "config": "the GPT's config"}
 
 

@@ -33,7 +33,19 @@ def test_end_to_end_only_the_prefix_trains_and_validation_loss_falls(tiny_gpt2, 
     assert result.returncode == 0, result.stderr
     assert "42,061 sequences" in result.stdout and "% of the GPT's" in result.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"ckpt.pt", "prefix.safetensors", "prefix_best.safetensors",
-                                                    "log.jsonl"}
+                                                    "log.jsonl", "config.json"}
+    assert "wall, " in result.stdout and "tokens trained" in result.stdout and "peak memory" in result.stdout
+    # every artifact carries the run's id; config.json holds every setting after defaults and the GPT's shape
+    settings = json.loads((tmp_path / "config.json").read_text())
+    run_id = settings["run_id"]
+    assert {json.loads(line)["run_id"] for line in open(tmp_path / "log.jsonl")} == {run_id}
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["run_id"] == run_id
+    for name in ("prefix.safetensors", "prefix_best.safetensors"):
+        assert safetensors.load_metadata(tmp_path / name)["run_id"] == run_id
+    assert settings["args"]["prefix_len"] == 10 and settings["args"]["loss_reduction"] == "sentence"
+    assert settings["args"]["learning_rate"] == 1e-2 and settings["args"]["epochs"] == 5  # given, and filled in
+    assert settings["model"]["n_layer"] == 2 and settings["global_batch"] == 6 and settings["total_iters"] == 24
+    assert settings["environment"]["torch"] == torch.__version__ and settings["environment"]["python"]
     losses = val_losses(tmp_path)
     assert len(losses) == 4 and losses[-1] < losses[0]
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
@@ -116,7 +128,7 @@ def test_ctrl_c_saves_and_exits_and_resume_continues(tiny_gpt2, shared, tmp_path
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_gpt2, shared, tmp_path):
     result = train(tiny_gpt2, shared, tmp_path, "--learning_rate", "1e30", "--eval_interval", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "training diverged at iteration" in result.stderr and "is intact" in result.stderr
+    assert "training diverged by iteration" in result.stderr and "is intact" in result.stderr
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in state["trained"].values())
 
@@ -163,9 +175,47 @@ def test_missing_pretrained_weights_offline(shared, tmp_path):
 
 def test_resume_refuses_to_change_the_run(tiny_gpt2, shared, tmp_path):
     assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
-    result = train(tiny_gpt2, shared, tmp_path, "--resume", "--learning_rate", "5e-3")
-    assert result.returncode == 2 and "contradicts the run being resumed" in result.stderr
+    for change in (["--learning_rate", "5e-3"], ["--grad_accum", "2"], ["--loss_reduction", "token"]):
+        result = train(tiny_gpt2, shared, tmp_path, "--resume", *change)
+        assert result.returncode == 2 and "contradicts the run being resumed" in result.stderr
 
+
+def test_a_new_run_in_an_old_folder_is_refused_and_overwrite_starts_clean(tiny_gpt2, shared, tmp_path):
+    """The sequence that used to mix two runs: a finished P = 10 run, then a P = 5 run in its folder, stopped
+    before its first evaluation, left P = 10's prefix_best.safetensors beside P = 5's ckpt.pt."""
+    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
+    old_run = json.loads((tmp_path / "config.json").read_text())["run_id"]
+    (tmp_path / "notes.txt").write_text("mine")  # not a run's file: --overwrite leaves it
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    refused = train(tiny_gpt2, shared, tmp_path, "--prefix_len", "5", timeout=120)
+    assert refused.returncode == 2 and "is not empty" in refused.stderr and "--overwrite" in refused.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # nothing touched
+    command = [sys.executable, "train.py", "--init_from", str(tiny_gpt2), "--data_dir", str(shared / "data" / "e2e"),
+               "--out_dir", str(tmp_path), *FAST, "--prefix_len", "5", "--overwrite"]
+    victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in victim.stdout:  # the new run has started training: stop it before its first evaluation
+        if line.startswith("training "):
+            break
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "notes.txt"}  # the old run's files are gone
+    assert json.loads((tmp_path / "config.json").read_text())["run_id"] != old_run
+    assert run_script("sample.py", "--out_dir", tmp_path, "--start", "name : Aromi").returncode == 2
+
+
+def test_grad_accum_trains_as_the_whole_batch_in_one_step(tiny_gpt2, shared, tmp_path):
+    """batch 2 x 3 accumulation steps = batch 6 in one step, under the authors' reduction (the sum per text)."""
+    runs = {"whole": [], "parts": ["--batch_size", "2", "--grad_accum", "3"], "small": ["--batch_size", "2"]}
+    for name, flags in runs.items():
+        result = train(tiny_gpt2, shared, tmp_path / name, "--max_iters", "3", "--eval_interval", "3", *flags)
+        assert result.returncode == 0, result.stderr
+        if name == "parts":
+            assert "global batch 6 = 2 rows x 1 process(es) x 3 accumulation step(s)" in result.stdout
+    whole, parts, small = (torch.load(tmp_path / name / "ckpt.pt", weights_only=True)["trained"] for name in runs)
+    # Adam divides each step by sqrt(v): float noise in a tiny gradient shows up, but 1/100 of a step (lr 1e-2) at most
+    for name in whole:
+        torch.testing.assert_close(parts[name], whole[name], rtol=0, atol=1e-4)
+    assert (small["table"] - whole["table"]).abs().max() > 1e-3  # a batch of 2 alone trains otherwise
 
 def test_a_checkpoint_whose_tensors_do_not_fit_its_settings_is_one_sentence(tiny_gpt2, shared, tmp_path):
     assert train(tiny_gpt2, shared, tmp_path).returncode == 0
@@ -188,7 +238,7 @@ def test_out_dir_that_is_a_file_is_one_sentence(tiny_gpt2, shared, tmp_path):
 
 def test_a_new_run_starts_a_new_log_and_resume_survives_a_torn_last_line(tiny_gpt2, shared, tmp_path):
     assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
-    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0  # again, not resumed
+    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8", "--overwrite").returncode == 0  # not resumed
     iters = [json.loads(line)["iter"] for line in open(tmp_path / "log.jsonl")]
     assert iters.count(0) == 1  # one run's curve, not two appended
     with open(tmp_path / "log.jsonl", "a") as f:
@@ -254,7 +304,7 @@ def test_fine_tuning_exports_hub_checkpoints_that_transformers_loads(tiny_gpt2, 
     from transformers import GPT2LMHeadModel
     result = train(tiny_gpt2, shared, tmp_path, "--tuning_mode", "finetune", "--max_iters", "8", "--eval_interval", "4")
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in tmp_path.iterdir()} == {"ckpt.pt", "log.jsonl", "model", "model_best"}
+    assert {p.name for p in tmp_path.iterdir()} == {"ckpt.pt", "log.jsonl", "config.json", "model", "model_best"}
     base = GPT.from_pretrained(str(tiny_gpt2))
     trained = torch.load(tmp_path / "ckpt.pt", weights_only=True)["trained"]
     idx = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -279,7 +329,7 @@ def test_sample_decodes_each_baseline_from_its_export_and_from_its_checkpoint(ti
                    "--eval_interval", "4")
     assert result.returncode == 0, result.stderr
     if mode != "finetune":
-        assert {p.name for p in run.iterdir()} == {"ckpt.pt", "log.jsonl", "tuned.safetensors",
+        assert {p.name for p in run.iterdir()} == {"ckpt.pt", "log.jsonl", "config.json", "tuned.safetensors",
                                                   "tuned_best.safetensors"}
         # the final export holds exactly the training state's tensors
         method = load_tuned(run / "tuned.safetensors", GPT.from_pretrained(str(tiny_gpt2)))
@@ -323,3 +373,86 @@ def test_train_examples_trains_on_exactly_that_many_pairs(tiny_gpt2, shared, tmp
     assert f"train: {subset.describe()}" in result.stdout  # the subset train.py drew is the seed's
     assert "train: 37 sequences" in result.stdout
     assert "training 4 iterations (7 per epoch" in result.stdout  # ceil(37 / 6) steps make an epoch
+
+
+# ---- the pieces of the loop, one at a time ----------------------------------------------------------------------
+
+def test_the_authors_objective_sums_each_text_and_averages_over_texts():
+    """objective_mode=1 of the authors' code: Σ_tokens −log p per text, then the mean over the batch; on the fast
+    CPU loss path (float32) and the plain one (float64) alike."""
+    from model.gpt import GPTConfig
+    from train import objective
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=300, block_size=32)).eval()
+    idx = torch.randint(0, 300, (3, 10), generator=torch.Generator().manual_seed(1))
+    targets = torch.full((3, 10), -100)
+    for row, start in enumerate((2, 5, 7)):  # texts of 8, 5 and 3 tokens
+        targets[row, start:] = idx[row, start:].roll(-1)
+    for dtype in (torch.float32, torch.float64):
+        model = gpt.to(dtype)
+        logits, _ = model(idx)
+        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2).double(), targets, reduction="none")
+        expected = per_token.sum(1).mean()  # the sum over each text, the mean over texts
+        token_mean = model(idx, targets)[1]
+        n = int((targets != -100).sum())
+        torch.testing.assert_close(objective(token_mean, n, 3, "sentence").double(), expected, rtol=1e-5, atol=0)
+        torch.testing.assert_close(objective(token_mean, n, 3, "token").double(), per_token.sum() / n, rtol=1e-5,
+                                   atol=0)
+
+
+def test_init_text_is_read_after_a_space_as_the_authors_do(tokenizer):
+    from argparse import Namespace
+    from train import init_text_ids
+    args = Namespace(init_text="table-to-text:", prefix_len=len(tokenizer.encode_ordinary(" table-to-text:")))
+    assert init_text_ids(args, tokenizer) == tokenizer.encode_ordinary(" table-to-text:")
+    assert tokenizer.encode_ordinary(" table-to-text:") != tokenizer.encode_ordinary("table-to-text:")
+
+
+def test_the_schedule_gives_each_process_and_micro_batch_its_own_rows_of_the_global_batch():
+    from train import Schedule
+    schedule = Schedule(n_examples=50, batch_size=2, world=2, grad_accum=3, epochs=2, max_iters=None,
+                        peak_lr=1.0, warmup_iters=0, seed=7)
+    assert schedule.global_batch == 12 and schedule.steps_per_epoch == 5 and schedule.total_iters == 10
+    for it in range(schedule.total_iters):
+        rows = [schedule.rows(it, rank, micro) for micro in range(3) for rank in range(2)]
+        assert len(set(torch.cat(rows).tolist())) == 12  # the global batch's rows, each once
+    one_process = Schedule(50, 12, 1, 1, 2, None, 1.0, 0, 7)  # the same global batch from one process
+    assert set(torch.cat([schedule.rows(3, r, m) for m in range(3) for r in range(2)]).tolist()) == \
+        set(one_process.rows(3, 0, 0).tolist())
+
+
+def test_the_progress_rate_leaves_evaluation_pauses_out(monkeypatch):
+    import train
+    clock = iter([100.0, 110.0, 140.0, 150.0])  # start, a progress line, the end of a 30 s evaluation, a line
+    monkeypatch.setattr(train.time, "time", lambda: next(clock))
+    window = train.Window(0)
+    assert window.progress(10, 1000, 100)[0] == 100  # 1000 tokens in 10 s
+    window.pause_ends(1000)  # evaluating took 30 s
+    rate, eta = window.progress(20, 3000, 100)
+    assert rate == 200 and eta == 80  # 2000 tokens in the 10 s since the pause; 1 s per iteration, 80 to go
+
+
+def test_each_accelerators_generator_is_saved_and_restored(monkeypatch):
+    """Dropout on a GPU draws from the GPU's generator: ckpt.pt keeps it, and a CPU-trained run resumed on a GPU
+    leaves the GPU's alone (there is none to restore)."""
+    import train
+    saved = torch.arange(16, dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: restored.append(state))
+    cuda = torch.device("cuda", 0)
+    state = train.device_rng_state(cuda)
+    assert torch.equal(state["cuda"], saved) and train.device_rng_state(torch.device("cpu")) == {}
+    train.set_device_rng_state(cuda, {})  # trained on a CPU
+    assert restored == []
+    train.set_device_rng_state(cuda, state)
+    assert len(restored) == 1 and torch.equal(restored[0], saved)
+
+
+def test_defaults_are_the_authors_for_each_dataset_and_method():
+    from train import parse_args
+    e2e, webnlg = parse_args([]), parse_args(["--dataset", "webnlg"])
+    assert (e2e.prefix_len, e2e.learning_rate, e2e.batch_size, e2e.epochs) == (10, 8e-5, 10, 5)
+    assert (webnlg.prefix_len, webnlg.learning_rate, webnlg.batch_size, webnlg.epochs) == (5, 5e-5, 5, 5)
+    assert e2e.loss_reduction == "sentence" and e2e.eval_iters == 0  # objective_mode=1; best chosen on all of dev
+    assert parse_args(["--tuning_mode", "finetune"]).loss_reduction == "token"  # their GPT-2's own loss
+    assert parse_args(["--loss_reduction", "token"]).loss_reduction == "token"
