@@ -56,19 +56,10 @@ def tokenizer(shared):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(shared, tmp_path_factory) -> Path:
-    """A 2-layer random GPT-2 with the real vocabulary, in the hub's layout with its tokenizer files.
-
-    Its weights are 10x GPT-2's initial scale: at 0.02 the outputs are nearly uniform whatever the prefix,
-    and training curves would show nothing.
-    """
-    import torch
-    from hub_checkpoint import random_hf_gpt2, write_checkpoint
-    hf = random_hf_gpt2(n_layer=2, n_head=2, n_embd=32, vocab_size=50257, n_positions=256, seed=0)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() > 1:
-                p.mul_(10)
-    return write_checkpoint(hf, tmp_path_factory.mktemp("tiny-gpt2"), tokenizer_dir=shared / "gpt2")
+    """A 2-layer random GPT-2 with the real vocabulary, in the hub's layout with its tokenizer files
+    (scripts/tiny_gpt2.py, which the README's quick tour runs too)."""
+    from scripts.tiny_gpt2 import write_tiny_gpt2
+    return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), tokenizer_dir=shared / "gpt2")
 
 
 def run_script(*args, timeout=300, env=None, **kwargs):
