@@ -68,3 +68,14 @@ def run_script(*args, timeout=300, env=None, **kwargs):
     import sys
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, **kwargs)
+
+
+def assert_drawn_png(path) -> None:
+    """`path` is a PNG that decodes to a picture with something drawn on it, not one flat colour."""
+    import matplotlib.image
+    import numpy as np
+    pixels = matplotlib.image.imread(path, format="png")
+    assert pixels.ndim == 3 and min(pixels.shape[:2]) >= 200, pixels.shape
+    colours = np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0)
+    assert len(colours) > 50, f"{path} has only {len(colours)} colours"
+    assert (pixels[..., :3] < 0.9).any(-1).mean() > 0.02, f"{path} is nearly blank"
