@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from common import UserError, exit_on_user_error
-from common.cli import ArgumentParser, pick_device
+from common.cli import ArgumentParser, check_ranges, pick_device
 from common.figures import pyplot, save_png
 from data import prompt_ids
 from model import GPT
@@ -131,7 +131,7 @@ def figure(probabilities: Tensor, keys: list[tuple[str, int | None]], tokenizer,
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m prefix.attention", description=__doc__.split("\n\n")[0])
     p.add_argument("--out_dir", default="out", help="the training run (a prefix, or one of its ablations)")
     p.add_argument("--start", required=True, help='one table, e.g. "name : Aromi | Type : pub"')
     p.add_argument("--prefix", default="best", choices=["best", "final"], help="which export of the run")
@@ -142,8 +142,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.start.strip() or args.start.startswith("FILE:"):
         raise UserError('--start takes one table, such as "name : Aromi | Type : pub"')
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens must be a positive integer, got {args.max_new_tokens}")
+    check_ranges(args, positive=("max_new_tokens",))
     args.output = Path(args.output or Path(args.out_dir) / "attention.png")
     if args.output.is_dir() or not args.output.parent.is_dir():
         raise UserError(f"--output {args.output} must name a file in an existing directory")

@@ -56,9 +56,8 @@ def tokenizer(shared):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(shared, tmp_path_factory) -> Path:
-    """A 2-layer random GPT-2 with the real vocabulary, in the hub's layout with its tokenizer files
-    (scripts/tiny_gpt2.py, which the README's quick tour runs too)."""
-    from scripts.tiny_gpt2 import write_tiny_gpt2
+    """A 2-layer random GPT-2 with the real vocabulary, in the hub's layout with its tokenizer files."""
+    from hub_checkpoint import write_tiny_gpt2
     return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), tokenizer_dir=shared / "gpt2")
 
 
