@@ -31,6 +31,7 @@ from baselines import adapter_dim_for_share
 from baselines.common import trainable_parameters
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser
+from common.figures import pyplot, save_png
 from data import load_examples
 from experiments import pretrain_small
 from metrics import coco_scores, e2e_scores
@@ -360,11 +361,9 @@ def prefix_lengths(runs: list[Run]) -> list[tuple[int, dict]]:
 def figures(runs: list[Run], budget: Budget, results_dir: Path) -> None:
     """BLEU vs training pairs, BLEU vs prefix length, validation loss curves: PNGs (needs matplotlib)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no figures: matplotlib is not installed (pip install matplotlib)")
+        plt = pyplot()
+    except UserError as e:
+        print(f"no figures: {e}")
         return
     title = "\nsmall GPT-2 pretrained here, not the paper's"
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -393,9 +392,7 @@ def figures(runs: list[Run], budget: Budget, results_dir: Path) -> None:
 def save_figure(fig, path: Path) -> None:
     fig.axes[0].title.set_fontsize(10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    fig.clf()
+    save_png(fig, path, dpi=120)
 
 
 def format_seconds(seconds: float) -> str:

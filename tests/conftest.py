@@ -56,19 +56,9 @@ def tokenizer(shared):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(shared, tmp_path_factory) -> Path:
-    """A 2-layer random GPT-2 with the real vocabulary, in the hub's layout with its tokenizer files.
-
-    Its weights are 10x GPT-2's initial scale: at 0.02 the outputs are nearly uniform whatever the prefix,
-    and training curves would show nothing.
-    """
-    import torch
-    from hub_checkpoint import random_hf_gpt2, write_checkpoint
-    hf = random_hf_gpt2(n_layer=2, n_head=2, n_embd=32, vocab_size=50257, n_positions=256, seed=0)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() > 1:
-                p.mul_(10)
-    return write_checkpoint(hf, tmp_path_factory.mktemp("tiny-gpt2"), tokenizer_dir=shared / "gpt2")
+    """A 2-layer random GPT-2 with the real vocabulary, in the hub's layout with its tokenizer files."""
+    from hub_checkpoint import write_tiny_gpt2
+    return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), tokenizer_dir=shared / "gpt2")
 
 
 def run_script(*args, timeout=300, env=None, **kwargs):
@@ -77,3 +67,14 @@ def run_script(*args, timeout=300, env=None, **kwargs):
     import sys
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, **kwargs)
+
+
+def assert_drawn_png(path) -> None:
+    """`path` is a PNG that decodes to a picture with something drawn on it, not one flat colour."""
+    import matplotlib.image
+    import numpy as np
+    pixels = matplotlib.image.imread(path, format="png")
+    assert pixels.ndim == 3 and min(pixels.shape[:2]) >= 200, pixels.shape
+    colours = np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0)
+    assert len(colours) > 50, f"{path} has only {len(colours)} colours"
+    assert (pixels[..., :3] < 0.9).any(-1).mean() > 0.02, f"{path} is nearly blank"

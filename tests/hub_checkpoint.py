@@ -52,3 +52,19 @@ def write_checkpoint(model, directory, layout="hub", fmt="safetensors", tokenize
         shutil.copy(Path(tokenizer_dir) / "encoder.json", directory / "vocab.json")
         shutil.copy(Path(tokenizer_dir) / "vocab.bpe", directory / "merges.txt")
     return directory
+
+
+def write_tiny_gpt2(directory, tokenizer_dir=None) -> Path:
+    """The tiny random GPT-2 the tests train on (and the README's tour, through scripts/tiny_gpt2.py): 2 layers,
+    2 heads, width 32, GPT-2's vocabulary, in the hub's layout (with vocab.json and merges.txt when tokenizer_dir
+    holds GPT-2's encoder.json and vocab.bpe).
+
+    Its weights are 10x GPT-2's initial scale: at 0.02 the outputs are nearly uniform whatever the prefix, and
+    training curves would show nothing.
+    """
+    hf = random_hf_gpt2(n_layer=2, n_head=2, n_embd=32, vocab_size=50257, n_positions=256, seed=0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() > 1:
+                p.mul_(10)
+    return write_checkpoint(hf, directory, tokenizer_dir=tokenizer_dir)
