@@ -13,7 +13,8 @@ from common import UserError, exit_on_user_error
 from common.cli import ArgumentParser
 from common.figures import pyplot, save_png
 
-CURVES = ("train_loss", "val_loss", "lr")  # the keys of log.jsonl drawn here
+# the keys of log.jsonl drawn here: both losses per target token (train_loss is whatever --loss_reduction optimises)
+CURVES = ("train_loss_per_token", "val_loss", "lr")
 
 
 def parse_args(argv=None):
@@ -47,7 +48,7 @@ def read_log(out_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
             raise UserError(f"{path} is damaged: line {number} is not a record of train.py (no iteration)")
         records.append(record)
     curves = {key: ([r["iter"] for r in records if key in r], [r[key] for r in records if key in r]) for key in CURVES}
-    if not curves["train_loss"][0] and not curves["val_loss"][0]:
+    if not curves["train_loss_per_token"][0] and not curves["val_loss"][0]:
         raise UserError(f"{path} holds no losses yet; it fills as train.py runs")
     return curves
 
@@ -58,7 +59,7 @@ def figure(runs: dict[str, dict]):
     fig, (loss_ax, lr_ax) = plt.subplots(2, 1, sharex=True, figsize=(7, 5), height_ratios=(3, 1),
                                        layout="constrained")
     for name, curves in runs.items():
-        train = loss_ax.plot(*curves["train_loss"], linewidth=1, label=f"{name}: train")
+        train = loss_ax.plot(*curves["train_loss_per_token"], linewidth=1, label=f"{name}: train")
         loss_ax.plot(*curves["val_loss"], "o--", color=train[0].get_color(), markersize=4, label=f"{name}: validation")
         lr_ax.plot(*curves["lr"], color=train[0].get_color(), linewidth=1)
     loss_ax.set(ylabel="loss per target token", title="Training curves")

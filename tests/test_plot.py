@@ -19,7 +19,7 @@ def records(iters: int, start_loss: float) -> list[dict]:
     """A log as train.py writes it: validation at 0 and every 20 iterations, a progress line every 5."""
     log = [{"iter": 0, "val_loss": start_loss}]
     for it in range(5, iters + 1, 5):
-        log.append({"iter": it, "epoch": it / 100, "train_loss": start_loss - it / 50, "lr": 1e-3 * (1 - it / iters),
+        log.append({"iter": it, "epoch": it / 100, "train_loss_per_token": start_loss - it / 50, "lr": 1e-3 * (1 - it / iters),
                     "tokens_per_s": 1000.0})
         if it % 20 == 0:
             log.append({"iter": it, "val_loss": start_loss - it / 60})
@@ -47,7 +47,7 @@ def test_two_runs_of_train_py_overlaid_in_one_png(tiny_gpt2, shared, tmp_path):
         assert list(val.get_xdata()) == [r["iter"] for r in log if "val_loss" in r] == [0, 6, 12]
         assert list(val.get_ydata()) == [r["val_loss"] for r in log if "val_loss" in r]
         assert list(train.get_xdata()) == list(lr.get_xdata()) == [3, 6, 9, 12]
-        assert list(train.get_ydata()) == [r["train_loss"] for r in log if "train_loss" in r]
+        assert list(train.get_ydata()) == [r["train_loss_per_token"] for r in log if "train_loss_per_token" in r]
         assert list(lr.get_ydata()) == [r["lr"] for r in log if "lr" in r]
 
 
@@ -55,7 +55,7 @@ def test_a_torn_last_line_is_left_out(tmp_path):
     """A run killed while writing (or still writing) leaves half a line at the end; the rest is drawn."""
     run = write_log(tmp_path / "run", records(40, 5.0), tail='{"iter": 45, "train_lo')
     curves = plot.read_log(run)
-    assert curves["train_loss"][0] == list(range(5, 41, 5)) and curves["val_loss"][0] == [0, 20, 40]
+    assert curves["train_loss_per_token"][0] == list(range(5, 41, 5)) and curves["val_loss"][0] == [0, 20, 40]
     assert plot.main([str(run), "--output", str(tmp_path / "p.png")]) is None
     assert_drawn_png(tmp_path / "p.png")
 
