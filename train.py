@@ -324,11 +324,11 @@ def export(args: argparse.Namespace, method, gpt: GPT, tokenizer, out_dir: Path,
     """Write what the method trained, and only that: P (no MLP), a baseline's tensors, or a whole fine-tuned GPT."""
     path = export_path(args, out_dir, best)
     if args.tuning_mode == "prefix":
-        save_prefix(method.export(), path, args.init_from)
+        save_prefix(method.export(), path, args.init_from, args.dataset)
     elif args.tuning_mode == "finetune":
         save_pretrained(gpt, path, tokenizer)
     else:
-        save_tuned(method, path, args.tuning_mode, vars(args), args.init_from)
+        save_tuned(method, path, args.tuning_mode, vars(args), args.init_from, args.dataset)
     return path
 
 

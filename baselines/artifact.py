@@ -35,11 +35,14 @@ def build_baseline(mode: str, gpt: GPT, settings: dict) -> ChangesTheGPT:
     raise ValueError(f"unknown baseline {mode!r}")
 
 
-def save_tuned(method: ChangesTheGPT, path, mode: str, settings: dict, base_model: str) -> None:
-    """FT-top2, adapters, LoRA: their state_dict and how to rebuild them, atomically."""
+def save_tuned(method: ChangesTheGPT, path, mode: str, settings: dict, base_model: str,
+               dataset: str | None = None) -> None:
+    """FT-top2, adapters, LoRA: their state_dict and how to rebuild them (and the dataset they were trained on,
+    when given), atomically."""
     c = method.frozen_gpt[0].config
     metadata = dict(format=FORMAT, tuning_mode=mode, base_model=base_model, n_layer=c.n_layer, n_head=c.n_head,
-                    n_embd=c.n_embd, **{name: settings[name] for name in SETTINGS[mode]})
+                    n_embd=c.n_embd, **{name: settings[name] for name in SETTINGS[mode]},
+                    **({"dataset": dataset} if dataset else {}))
     safetensors.save_file({k: v.detach().cpu() for k, v in method.state_dict().items()}, path,
                           {k: str(v) for k, v in metadata.items()})
 

@@ -17,13 +17,15 @@ from prefix.tuning import PrefixTuning
 FORMAT = "prefix-tuning/1"
 
 
-def save_prefix(prefix: PrefixTuning, path, base_model: str) -> None:
-    """Write P (prefix_len, n_layer·2·n_embd) and its metadata, atomically."""
+def save_prefix(prefix: PrefixTuning, path, base_model: str, dataset: str | None = None) -> None:
+    """Write P (prefix_len, n_layer·2·n_embd) and its metadata (with the dataset it was trained on, when given),
+    atomically."""
     P = prefix.activations().detach().cpu().contiguous()
     c = prefix.config
     metadata = dict(format=FORMAT, base_model=base_model, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
                     prefix_len=prefix.prefix_len, placement=prefix.placement, dtype=str(P.dtype).removeprefix("torch."),
-                    positions="from_zero" if prefix.positions_from_zero else "after_prefix")
+                    positions="from_zero" if prefix.positions_from_zero else "after_prefix",
+                    **({"dataset": dataset} if dataset else {}))
     safetensors.save_file({"prefix": P}, path, {k: str(v) for k, v in metadata.items()})
 
 
