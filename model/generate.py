@@ -106,9 +106,8 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
     cache.reorder(rows)
     mask = None if attention_mask is None else attention_mask[rows]
     logits, _ = model(idx[rows], attention_mask=mask, cache=cache, last_only=True)
-    prompt_len = prompt_lengths(idx, attention_mask)
-    beam_prompt_len = prompt_len[rows]
-    prompt_len = prompt_len.tolist()
+    lengths = prompt_lengths(idx, attention_mask)
+    beam_prompt_len, prompt_len = lengths[rows], lengths.tolist()
 
     beam_scores = torch.zeros(B, num_beams, device=idx.device)
     beam_scores[:, 1:] = float("-inf")  # all beams start equal: expand only the first

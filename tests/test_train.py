@@ -286,8 +286,9 @@ def test_sample_decodes_each_baseline_from_its_export_and_from_its_checkpoint(ti
         trained = torch.load(run / "ckpt.pt", weights_only=True)["trained"]
         assert method.state_dict().keys() == trained.keys()
         assert all(torch.equal(method.state_dict()[k], v) for k, v in trained.items())
-    best = sample_text(run)
-    final = sample_text(run, "--prefix", "final")
+        assert safetensors.load_metadata(run / "tuned.safetensors")["dataset"] == "e2e"  # sample.py checks it
+    best = sample_text(run, "--prefix", "best")
+    final = sample_text(run)  # the default, as the authors decode
     only_ckpt = tmp_path / "only-ckpt"  # nothing exported yet: sample.py rebuilds the method from ckpt.pt
     only_ckpt.mkdir()
     shutil.copy(run / "ckpt.pt", only_ckpt / "ckpt.pt")
