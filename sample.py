@@ -3,13 +3,16 @@
     python sample.py --out_dir out --start "name : Aromi | Type : coffee shop | area : city centre"
     python sample.py --out_dir out --start FILE:tables.txt --output texts.txt
     python sample.py --out_dir out --split test               # beam 5 on E2E test, then its five metrics
+    python sample.py --out_dir out --split test --hypotheses texts.txt   # score texts without decoding
 
-The base GPT-2 defaults to the one the prefix was trained on; the prefix is the run's exported one
-(prefix_best.safetensors, or prefix.safetensors with --prefix final), or its training checkpoint when
-nothing was exported yet. Baselines decode the same way from their exports (tuned[_best].safetensors on the
-base GPT-2, or the fine-tuned model[_best]/).
+The base GPT-2 defaults to the one the prefix was trained on; the prefix is the run's final export
+(prefix.safetensors, what the authors decode), or its training checkpoint while the run is unfinished;
+--prefix best takes prefix_best.safetensors. Baselines decode the same way from their exports
+(tuned[_best].safetensors on the base GPT-2, or the fine-tuned model[_best]/). --split writes its texts,
+references and scores under out_dir/eval/<dataset>-<split>/.
 """
 import argparse
+import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +27,7 @@ from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick
 from common.memory import reuse_freed_memory
 from data import DATASETS, SPLITS, category_subset, load_examples, prompt_ids
 from metrics import bleu, coco_scores, e2e_scores, format_scores
+from metrics.e2e_files import hypotheses_text, one_line, read_hypotheses, references_text
 from model import GPT
 from model.generate import beam_search, generate, left_pad
 from model import safetensors
@@ -38,15 +42,21 @@ NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, on
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out_dir", default="out", help="the training run to sample from")
-    p.add_argument("--prefix", default="best", choices=["best", "final"], help="which export of the run")
+    p.add_argument("--prefix", default="final", choices=["final", "best"],
+                   help="the run's export at the end of training (as the authors decode) or at its best val loss")
     p.add_argument("--init_from", default=None, help="the base GPT-2 (default: the one the prefix was trained on)")
     p.add_argument("--start", default=None, help='a table, or "FILE:path" with one table per line')
     p.add_argument("--split", default=None, choices=SPLITS, help="decode a dataset split and score it")
+    p.add_argument("--hypotheses", default=None, help="with --split: score this file's texts (line i for table i) "
+                                                      "instead of decoding")
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help="(default: the run's)")
     p.add_argument("--data_dir", default=None, help="a local copy of the dataset (default: the download)")
     p.add_argument("--max_examples", type=int, default=None, help="decode only the first N tables of the split")
     p.add_argument("--num_beams", type=int, default=5, help="beam search width; 1 decodes greedily or samples")
-    p.add_argument("--length_penalty", type=float, default=1.0, help="beam score = sum log p / length ** this")
+    p.add_argument("--length_penalty", type=float, default=1.0,
+                   help="beam score = sum log p / length ** this, the length counting the table (transformers 3.2)")
+    p.add_argument("--min_length", type=int, default=5, help="no <|endoftext|> before table and text are this many "
+                   "tokens long (transformers 3.2's min_length, which counts the table; the authors pass 5)")
     p.add_argument("--temperature", type=float, default=0.0, help="with --num_beams 1: 0 is greedy, >0 samples")
     p.add_argument("--top_k", type=int, default=None, help="sample among the k likeliest tokens")
     p.add_argument("--top_p", type=float, default=None, help="sample from the nucleus of this probability")
@@ -58,13 +68,17 @@ def parse_args(argv=None):
     p.add_argument("--coco", action=argparse.BooleanOptionalAction, default=True,
                    help="also METEOR, ROUGE-L, CIDEr on E2E (needs pycocoevalcap and Java)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="as in train.py")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                   help="float32 as the authors decode (beams ranked on bfloat16 logits can differ); auto: bfloat16 "
+                        "autocast on a GPU that has it")
     p.add_argument("--seed", type=int, default=1337, help="for sampling")
     args = p.parse_args(argv)
     if (args.start is None) == (args.split is None):
         raise UserError("give either --start (tables to generate from) or --split (a dataset split to score)")
+    if args.hypotheses is not None and args.split is None:
+        raise UserError("--hypotheses scores the texts of a dataset split; give --split too")
     check_ranges(args, positive=("num_beams", "max_new_tokens", "batch_size", "max_examples", "top_k"),
-                 at_least_zero=("temperature",))
+                 at_least_zero=("temperature", "min_length"))
     if args.output and (Path(args.output).is_dir() or not Path(args.output).parent.is_dir()):
         raise UserError(f"--output {args.output} must name a file in an existing directory")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -74,30 +88,60 @@ def parse_args(argv=None):
     return args
 
 
-def load_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
-    """The GPT, the run's trained method ready to decode, the tokenizer, and the run's training settings.
+EXPORTS = (("prefix", ".safetensors"), ("tuned", ".safetensors"), ("model", ""))  # a prefix, a baseline, fine-tuning
 
-    The method is the run's export that --prefix names (else the other export, else the state in ckpt.pt): a
-    prefix (no MLP), a baseline's tensors applied to the base GPT, or a whole fine-tuned GPT.
+
+def exports(out_dir: Path, which: str) -> list[Path]:
+    """Where a run keeps its final or best export, for each kind of method."""
+    return [out_dir / f"{stem}{'_best' if which == 'best' else ''}{suffix}" for stem, suffix in EXPORTS]
+
+
+def find_run(args) -> tuple[Path | None, dict | None, dict]:
+    """The export --prefix names (None: decode ckpt.pt, the latest state of a run that has not finished), the
+    training checkpoint (None when there is none), and the run's settings (ckpt.pt's, else what the export records).
     """
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise UserError(f"there is no training run at {out_dir}; train one with train.py --out_dir {out_dir}")
     checkpoint = read_training_checkpoint(out_dir / "ckpt.pt") if (out_dir / "ckpt.pt").exists() else None
-    order = ("_best", "") if args.prefix == "best" else ("", "_best")
-    exports = [out_dir / f"{stem}{which}{suffix}" for which in order
-               for stem, suffix in (("prefix", ".safetensors"), ("tuned", ".safetensors"), ("model", ""))]
-    export = next((path for path in exports if path.exists()), None)
-    if export is None and checkpoint is None:
-        raise UserError(f"{out_dir} holds neither an export of a trained method nor ckpt.pt")
-    if export is not None and export.is_dir():  # fine-tuning: a whole GPT-2, no base model needed
-        gpt = GPT.from_pretrained(str(export)).to(device).requires_grad_(False)
-        return gpt, ChangesTheGPT(gpt), get_tokenizer(export), checkpoint["args"] if checkpoint else {}
+    export = next((path for path in exports(out_dir, args.prefix) if path.exists()), None)
+    if export is None and (checkpoint is None or args.prefix == "best"):
+        other = "final" if args.prefix == "best" else "best"
+        found = next((path for path in exports(out_dir, other) if path.exists()), None)
+        hint = f"; it holds {found.name}: pass --prefix {other}" if found else ""
+        if found is None and checkpoint is not None:
+            hint = "; its ckpt.pt (the latest state of training) is decoded with --prefix final"
+        raise UserError(f"{out_dir} holds no {args.prefix} export of a trained method"
+                        f"{' nor ckpt.pt' if args.prefix == 'final' else ''}{hint}")
+    metadata = export_metadata(export) if export is not None else {}
+    if checkpoint and export is not None and metadata.get("run_id") != checkpoint["run_id"]:
+        raise UserError(f"{export} was not written by the run in {out_dir / 'ckpt.pt'} (run "
+                        f"{str(metadata.get('run_id'))[:64]}, not {checkpoint['run_id']}); it is left from another "
+                        f"run: delete it, or retrain with train.py --overwrite")
     if checkpoint:
         trained = checkpoint["args"]
-    else:
-        metadata = prefix_metadata(export) if export.name.startswith("prefix") else safetensors.load_metadata(export)
-        trained = {"init_from": metadata.get("base_model")}
+    else:  # what the export records (fine-tuning's, a GPT-2 checkpoint, records no base model: it is one)
+        trained = {"init_from": metadata.get("base_model"), "dataset": metadata.get("dataset")}
+    return export, checkpoint, trained
+
+
+def export_metadata(export: Path) -> dict[str, str]:
+    """The metadata train.py wrote into an export: a prefix's, a baseline's, or a fine-tuned GPT's weights file."""
+    if export.is_dir():
+        return safetensors.load_metadata(export / "model.safetensors")
+    return prefix_metadata(export) if export.name.startswith("prefix") else safetensors.load_metadata(export)
+
+
+def load_method(args, export: Path | None, checkpoint: dict | None, trained: dict,
+                device) -> tuple[GPT, nn.Module, object]:
+    """The GPT, the run's trained method ready to decode, and the tokenizer.
+
+    The method is the export (a prefix without its MLP, a baseline's tensors applied to the base GPT, or a whole
+    fine-tuned GPT), else the state in ckpt.pt.
+    """
+    if export is not None and export.is_dir():  # fine-tuning: a whole GPT-2, no base model needed
+        gpt = GPT.from_pretrained(str(export)).to(device).requires_grad_(False)
+        return gpt, ChangesTheGPT(gpt), get_tokenizer(export)
     directory = checkpoint_dir(args.init_from or trained["init_from"])
     gpt = GPT.from_pretrained(str(directory)).to(device).requires_grad_(False)
     mode = trained.get("tuning_mode", "prefix")
@@ -105,21 +149,21 @@ def load_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
         method = load_prefix(export, gpt.config) if export.name.startswith("prefix") else load_tuned(export, gpt)
     else:
         if checkpoint["config"] != asdict(gpt.config):
-            raise UserError(f"{out_dir / 'ckpt.pt'} was trained for {trained['init_from']}, not this model; "
-                            f"load it with --init_from {trained['init_from']}")
+            raise UserError(f"{Path(args.out_dir) / 'ckpt.pt'} was trained for {trained['init_from']}, not this "
+                            f"model; load it with --init_from {trained['init_from']}")
         if mode == "prefix":
             method = build_prefix(trained["variant"], gpt, trained["prefix_len"], trained["mid_dim"],
                                   trained["reparam"], positions_from_zero=trained["positions_from_zero"])
         else:
             method = build_baseline(mode, gpt, trained)
-        restore_training_state(out_dir / "ckpt.pt", checkpoint, method)
+        restore_training_state(Path(args.out_dir) / "ckpt.pt", checkpoint, method)
         method = method.export() if mode == "prefix" else method.requires_grad_(False).eval()
-    return gpt, method.to(device), get_tokenizer(directory), trained
+    return gpt, method.to(device), get_tokenizer(directory)
 
 
 @torch.no_grad()
 def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, device) -> list[str]:
-    """One text per table, decoded in left-padded batches; a prefix seeds the KV cache."""
+    """One text per table, on one line, decoded in left-padded batches; a prefix seeds the KV cache."""
     eot = tokenizer.eot_token
     banned = NEWLINES if args.ban_newlines else ()
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -132,13 +176,14 @@ def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, devi
             cache, idx, mask = method.start_decoding(gpt, idx, mask)
             if args.num_beams > 1:
                 outputs = beam_search(gpt, idx, args.max_new_tokens, args.num_beams, eos_id=eot, cache=cache,
-                                      attention_mask=mask, length_penalty=args.length_penalty, banned_ids=banned)
+                                      attention_mask=mask, length_penalty=args.length_penalty,
+                                      min_length=args.min_length, banned_ids=banned)
             else:
                 outputs = [row[:row.index(eot)] if eot in row else row for row in generate(
                     gpt, idx, args.max_new_tokens, cache=cache, attention_mask=mask, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, eos_id=eot, banned_ids=banned,
+                    top_k=args.top_k, top_p=args.top_p, eos_id=eot, min_length=args.min_length, banned_ids=banned,
                     generator=generator).tolist()]
-        texts += [tokenizer.decode(tokens).strip() for tokens in outputs]
+        texts += [one_line(tokenizer.decode(tokens).strip()) for tokens in outputs]
         if sys.stderr.isatty():
             print(f"\rdecoded {len(texts)}/{len(tables)}", end="", file=sys.stderr, flush=True)
     if sys.stderr.isatty():
@@ -147,58 +192,102 @@ def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, devi
 
 
 def read_tables(start: str) -> list[str]:
+    """--start's tables: the one given, or one per line of FILE:path (text i is written for line i)."""
     if not start.startswith("FILE:"):
         if not start.strip():
             raise UserError("--start is empty; give a table such as \"name : Aromi | Type : pub\"")
         return [start]
     path = Path(start.removeprefix("FILE:"))
     try:
-        tables = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        tables = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"could not read the tables in {path} ({type(e).__name__})") from None
     if not tables:
         raise UserError(f"{path} holds no tables (one table per line is expected)")
+    if "" in tables:
+        raise UserError(f"line {tables.index('') + 1} of {path} is blank; give one table on every line, since "
+                        f"output line i is the text for input line i")
     return tables
 
 
-def report(dataset: str, examples, texts: list[str], coco: bool) -> str:
-    """The paper's metrics: E2E's five (Table 1), WebNLG's BLEU on seen (S), unseen (U) and all (A) categories."""
+def score(dataset: str, examples, texts: list[str], coco: bool) -> tuple[dict, str | None]:
+    """The paper's metrics: E2E's five (Table 1), WebNLG's BLEU on seen, unseen and all categories (its scores
+    keyed by category); and why some are missing (None when none is)."""
     if dataset == "webnlg":
         text_of = dict(zip(examples, texts))  # equal examples (same table and references) decode alike
-        scores = {subset: bleu([text_of[ex] for ex in chosen], [ex.references for ex in chosen])
-                  for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}
-        return "  ".join(f"BLEU {subset} {value:.1f}" for subset, value in scores.items())
+        return {subset: {"BLEU": bleu([text_of[ex] for ex in chosen], [ex.references for ex in chosen])}
+                for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}, None
     references = [ex.references for ex in examples]
     scores = e2e_scores(texts, references, coco=False)
     try:
         if coco:
             scores |= coco_scores(texts, references)
     except UserError as e:  # METEOR, ROUGE-L and CIDEr are an optional extra
-        return f"{format_scores(scores)}\n({e})"
-    return format_scores(scores)
+        return scores, str(e)
+    return scores, None
+
+
+def report(dataset: str, scores: dict, missing: str | None) -> str:
+    if dataset == "webnlg":
+        return "  ".join(f"BLEU {subset} {value['BLEU']:.1f}" for subset, value in scores.items())
+    return format_scores(scores) + (f"\n({missing})" if missing else "")
+
+
+def write_evaluation(folder: Path, examples, texts: list[str], scores: dict, missing: str | None,
+                     settings: dict) -> None:
+    """The split's evaluation, reusable: tables.txt and hypotheses.txt (line i for table i), references.txt (the
+    E2E scorer's format) and scores.json (every metric, and how the texts were made). Written as a whole."""
+    summary = {"scores": scores, **({"missing": missing} if missing else {}), "tables": len(texts), **settings}
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        (tmp / "tables.txt").write_text(hypotheses_text([ex.table for ex in examples]), encoding="utf-8")
+        (tmp / "hypotheses.txt").write_text(hypotheses_text(texts), encoding="utf-8")
+        (tmp / "references.txt").write_text(references_text([ex.references for ex in examples]), encoding="utf-8")
+        (tmp / "scores.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+DECODING = ("prefix", "init_from", "num_beams", "length_penalty", "min_length", "max_new_tokens", "ban_newlines",
+            "temperature", "top_k", "top_p", "seed", "dtype", "device", "batch_size", "max_examples")
 
 
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
     reuse_freed_memory()
-    device = pick_device(args.device)
-    tables = read_tables(args.start) if args.start is not None else None
-    gpt, method, tokenizer, trained = load_run(args, device)
-    if args.split is not None:
-        dataset = args.dataset or trained.get("dataset", "e2e")
+    export, checkpoint, trained = find_run(args)
+    source = export or Path(args.out_dir) / "ckpt.pt"
+    if args.split is None:
+        tables = read_tables(args.start)
+    else:
+        dataset = args.dataset or trained.get("dataset") or "e2e"
+        if args.hypotheses is None and trained.get("dataset") not in (None, dataset):
+            raise UserError(f"{source} was trained on {trained['dataset']}, not {dataset}; decoding it on "
+                            f"{dataset} {args.split} is refused (drop --dataset to use {trained['dataset']})")
         examples = load_examples(dataset, args.split, args.data_dir or trained.get("data_dir"))[:args.max_examples]
         tables = [ex.table for ex in examples]
-    texts = decode(gpt, method, tokenizer, tables, args, device)
+    if args.hypotheses is not None:
+        texts = read_hypotheses(args.hypotheses, len(tables))
+        made = {"texts_from": str(args.hypotheses)}
+        print(f"{dataset} {args.split}: {len(texts)} tables, texts from {args.hypotheses}")
+    else:
+        device = pick_device(args.device)
+        texts = decode(*load_method(args, export, checkpoint, trained, device), tables, args, device)
+        made = {"decoded": str(source), "decoding": {name: getattr(args, name) for name in DECODING}
+                | {"init_from": args.init_from or trained.get("init_from"), "device": str(device)}}
+        if args.split is not None:
+            print(f"{dataset} {args.split}: {len(texts)} tables, beam {args.num_beams}, decoded {source}")
     if args.output:
         with atomic_path(args.output) as tmp:
-            tmp.write_text("".join(text + "\n" for text in texts), encoding="utf-8")
+            tmp.write_text(hypotheses_text(texts), encoding="utf-8")
     if args.split is None:
         for table, text in zip(tables, texts):
             print(f"{table}\n  -> {text}")
-    else:
-        print(f"{dataset} {args.split}: {len(texts)} tables, beam {args.num_beams}, trained in {args.out_dir}")
-        print(report(dataset, examples, texts, args.coco))
+        return
+    scores, missing = score(dataset, examples, texts, args.coco)
+    print(report(dataset, scores, missing))
+    folder = Path(args.out_dir) / "eval" / f"{dataset}-{args.split}"
+    write_evaluation(folder, examples, texts, scores, missing, {"dataset": dataset, "split": args.split, **made})
+    print(f"texts, references and scores in {folder}")
 
 
 if __name__ == "__main__":

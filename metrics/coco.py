@@ -14,7 +14,7 @@ from common.errors import UserError
 from metrics.inputs import check_inputs
 
 INSTALL_HINT = ("run `pip install pycocoevalcap` and install a Java runtime (e.g. `apt install default-jre`), "
-                "or pass coco=False to score BLEU and NIST only")
+                "or score BLEU and NIST only with sample.py --no-coco (coco=False in Python)")
 
 
 def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:

@@ -30,12 +30,13 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tupl
 def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | None = None,
              cache: KVCache | None = None, attention_mask: Tensor | None = None, positions_from_zero: bool = False,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-             banned_ids: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
+             min_length: int = 0, banned_ids: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
     """Continue each row of idx (B, T) by up to max_new_tokens; temperature 0 means greedy.
 
     The prefix seeds the KV cache; or pass a `cache` that already holds whatever comes before idx.
     Returns the new tokens (B, n). A row that produced eos_id is filled with eos_id afterwards, and decoding
-    stops once every row has.
+    stops once every row has. eos is banned while a row's prompt (without padding) and text are shorter than
+    min_length tokens.
     """
     B = idx.size(0)
     if cache is None:
@@ -43,10 +44,13 @@ def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | 
     logits, _ = model(idx, attention_mask=attention_mask, cache=cache, last_only=True)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     banned = torch.tensor(banned_ids, dtype=torch.long, device=idx.device)
+    lengths = prompt_lengths(idx, attention_mask)
     out = []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         scores = logits[:, -1].float()
         scores[:, banned] = float("-inf")
+        if eos_id is not None:
+            scores[:, eos_id] = scores[:, eos_id].masked_fill(lengths + step < min_length, float("-inf"))
         token = next_token(scores, temperature, top_k, top_p, generator)
         if eos_id is not None:
             token = token.masked_fill(finished, eos_id)
@@ -79,13 +83,19 @@ def next_token(scores: Tensor, temperature: float, top_k: int | None, top_p: flo
 @torch.no_grad()
 def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_id: int,
                 prefix: Sequence[KV] | None = None, cache: KVCache | None = None, attention_mask: Tensor | None = None,
-                positions_from_zero: bool = False, length_penalty: float = 1.0,
+                positions_from_zero: bool = False, length_penalty: float = 1.0, min_length: int = 0,
                 banned_ids: Sequence[int] = ()) -> list[list[int]]:
-    """The best continuation of each row of idx (B, T), without its eos, by beam search.
+    """The best continuation of each row of idx (B, T), without its eos, by beam search with the rules of
+    transformers 3.2's BeamHypotheses, which the paper's code decodes with.
 
-    A hypothesis scores sum(log p) / n ** length_penalty over its n generated tokens (eos included). Each step
-    keeps the num_beams best live beams of every row; a row is done once it holds num_beams finished
-    hypotheses and its best live beam can no longer beat the worst of them at the current length.
+    A hypothesis's length is its row's prompt (the real tokens of idx, padding excluded; not what the cache
+    holds before them, such as a prefix) plus the tokens generated before its eos: what the authors' code
+    counts, decoding one table at a time. A finished hypothesis scores sum(log p) / length ** length_penalty,
+    its eos's log p included. An eos finishes a hypothesis only when it ranks among the num_beams best
+    candidates of the step. Each step keeps the num_beams best live beams of every row; a row is done once it
+    holds num_beams finished hypotheses, none worse than the step's best candidate divided by the current
+    length ** length_penalty. Rows cut off by max_new_tokens rank their live beams with the finished ones.
+    eos is banned while a row's prompt and text are shorter than min_length tokens.
     """
     B, V = idx.size(0), model.config.vocab_size
     if max_new_tokens == 0:
@@ -96,16 +106,19 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
     cache.reorder(rows)
     mask = None if attention_mask is None else attention_mask[rows]
     logits, _ = model(idx[rows], attention_mask=mask, cache=cache, last_only=True)
+    lengths = prompt_lengths(idx, attention_mask)
+    beam_prompt_len, prompt_len = lengths[rows], lengths.tolist()
 
     beam_scores = torch.zeros(B, num_beams, device=idx.device)
     beam_scores[:, 1:] = float("-inf")  # all beams start equal: expand only the first
     beam_tokens: list[list[int]] = [[] for _ in range(B * num_beams)]
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (score, tokens), best first
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (score, tokens) in the order found
     done = [False] * B
     banned = torch.tensor(banned_ids, dtype=torch.long, device=idx.device)
-    for step in range(1, max_new_tokens + 1):
+    for step in range(max_new_tokens):  # step: the tokens each beam holds so far
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
         logp[:, banned] = float("-inf")
+        logp[:, eos_id] = logp[:, eos_id].masked_fill(beam_prompt_len + step < min_length, float("-inf"))
         candidates = (beam_scores.view(-1, 1) + logp).view(B, num_beams * V)
         top_scores, top_ids = candidates.topk(2 * num_beams, dim=1)  # 2x, so eos candidates can't starve the beams
         top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
@@ -117,21 +130,19 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
                 row, token = b * num_beams + flat // V, flat % V
                 if done[b] or len(kept) == num_beams:
                     break
-                if token == eos_id:
-                    if rank < num_beams:
-                        _add(finished[b], score / step ** length_penalty, beam_tokens[row], num_beams)
-                else:
+                if token != eos_id:
                     kept.append((row, token, score))
+                elif rank < num_beams:
+                    _add(finished[b], score / (prompt_len[b] + step) ** length_penalty, beam_tokens[row], num_beams)
             while len(kept) < num_beams:  # a done row (or one out of candidates) carries inert beams
                 kept.append((b * num_beams, eos_id, float("-inf")))
             for row, token, score in kept:
                 next_rows.append(row), next_tokens.append(token), next_scores.append(score)
-            best_live = max(s for _, _, s in kept)
-            done[b] = done[b] or (len(finished[b]) == num_beams
-                                  and finished[b][-1][0] >= best_live / step ** length_penalty)
+            done[b] = done[b] or (len(finished[b]) == num_beams and min(s for s, _ in finished[b])
+                                  >= top_scores[b][0] / (prompt_len[b] + step) ** length_penalty)
         beam_tokens = [beam_tokens[r] + [t] for r, t in zip(next_rows, next_tokens)]
         beam_scores = torch.tensor(next_scores, device=idx.device).view(B, num_beams)
-        if all(done) or step == max_new_tokens:
+        if all(done) or step + 1 == max_new_tokens:
             break
         cache.reorder(torch.tensor(next_rows, device=idx.device))
         logits, _ = model(torch.tensor(next_tokens, device=idx.device)[:, None], cache=cache)
@@ -139,15 +150,24 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
     for b in range(B):  # rows cut off by max_new_tokens: their live beams compete as they are
         if not done[b]:
             for j in range(num_beams):
-                score = beam_scores[b, j].item()
+                score, tokens = beam_scores[b, j].item(), beam_tokens[b * num_beams + j]
                 if score > float("-inf"):
-                    _add(finished[b], score / len(beam_tokens[b * num_beams + j]) ** length_penalty,
-                         beam_tokens[b * num_beams + j], num_beams)
-    return [hyps[0][1] if hyps else [] for hyps in finished]
+                    _add(finished[b], score / (prompt_len[b] + len(tokens)) ** length_penalty, tokens, num_beams)
+    # the best; among equal scores the one found last, as transformers 3.2 picks it
+    return [max(reversed(hyps), key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
+
+
+def prompt_lengths(idx: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """(B,) each row's real prompt tokens: the row's length without its padding."""
+    if attention_mask is None:
+        return torch.full((idx.size(0),), idx.size(1), dtype=torch.long, device=idx.device)
+    return attention_mask.sum(1)
 
 
 def _add(hyps: list[tuple[float, list[int]]], score: float, tokens: list[int], capacity: int) -> None:
-    """Insert a finished hypothesis, keeping the best `capacity` of them, best first."""
-    hyps.append((score, list(tokens)))
-    hyps.sort(key=lambda h: -h[0])
-    del hyps[capacity:]
+    """Keep a finished hypothesis if there is room or it beats the worst kept; past capacity the worst goes
+    (of equal worst ones, the one found first)."""
+    if len(hyps) < capacity or score > min(s for s, _ in hyps):
+        hyps.append((score, list(tokens)))
+    if len(hyps) > capacity:
+        del hyps[min(range(len(hyps)), key=lambda i: hyps[i][0])]

@@ -61,10 +61,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q[:, outputs_from:], k, v))
-        if past is not None:
-            past_k, past_v = past
-            k = torch.cat([past_k.expand(B, -1, -1, -1), k], dim=2)  # K' = [P_K ; K]  (Li & Liang §4.2)
-            v = torch.cat([past_v.expand(B, -1, -1, -1), v], dim=2)  # V' = [P_V ; V]
+        if past is not None:  # in the computed keys' dtype: a float32 prefix must not promote a bfloat16 cache
+            past_k, past_v = (t.to(k.dtype).expand(B, -1, -1, -1) for t in past)
+            k = torch.cat([past_k, k], dim=2)  # K' = [P_K ; K]  (Li & Liang §4.2)
+            v = torch.cat([past_v, v], dim=2)  # V' = [P_V ; V]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and past is None)
         y = y.transpose(1, 2).reshape(B, -1, C)
         return self.c_proj(y), (k, v)

@@ -91,10 +91,12 @@ def test_greedy_float32_decoding_on_cuda_gives_the_cpus_tokens(cpu_gpt, cuda_gpt
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16-autocast"])
 def test_beam_search_runs_on_cuda(cuda_gpt, prefix, dtype):
     idx, mask = prompts()
-    with torch.no_grad(), autocast(torch.device("cuda"), dtype):  # bf16: what sample.py does on a GPU by default
+    with torch.no_grad(), autocast(torch.device("cuda"), dtype):  # bf16: sample.py --dtype bfloat16
         cache, rest, rest_mask = on_device(prefix, "cuda").start_decoding(cuda_gpt, idx.cuda(), mask.cuda())
         texts = beam_search(cuda_gpt, rest, 10, 4, cache=cache, attention_mask=rest_mask, eos_id=EOT,
                             banned_ids=[EOT])
+    assert all(k.dtype == v.dtype == (torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+               for k, v in cache.layers)  # the float32 prefix did not promote a bf16 cache
     assert len(texts) == 2 and all(len(text) == 10 for text in texts)  # eos banned: every row gets 10 tokens
     assert all(0 <= token < EOT for text in texts for token in text)
 

@@ -88,7 +88,7 @@ def test_beam_search_finds_the_exhaustive_best_on_a_small_case(length_penalty):
             logits, _ = small(torch.tensor([prompt + tokens[:-1]]))
         logp = F.log_softmax(logits[0, len(prompt) - 1:], -1)
         total = sum(logp[i, t].item() for i, t in enumerate(tokens))
-        return total / len(tokens) ** length_penalty
+        return total / (len(prompt) + len([t for t in tokens if t != eos])) ** length_penalty  # transformers 3.2
 
     hypotheses = [list(h) + [eos] for k in range(n) for h in itertools.product(range(4), repeat=k)]
     hypotheses += [list(h) for h in itertools.product(range(4), repeat=n)]  # cut off by the length limit
@@ -97,6 +97,64 @@ def test_beam_search_finds_the_exhaustive_best_on_a_small_case(length_penalty):
     assert found == [t for t in best if t != eos]
     greedy = beam_search(small, torch.tensor([prompt]), n, num_beams=1, eos_id=eos, length_penalty=length_penalty)[0]
     assert greedy != found  # the case is hard enough to tell a beam search from a greedy one
+
+
+# A hand-made model for beam search's arithmetic: the next token's probabilities depend on the last token alone.
+# Tokens: 0 ends every prompt, 1 = a, 2 = b, 3 = c, 4 = d, 5 = eos (4 also pads).
+NEXT = torch.tensor([
+    #  0     a     b     c     d    eos
+    [0.00, 0.40, 0.45, 0.01, 0.13, 0.01],  # after 0
+    [0.01, 0.01, 0.01, 0.03, 0.05, 0.90],  # after a
+    [0.00, 0.04, 0.01, 0.85, 0.08, 0.02],  # after b
+    [0.00, 0.08, 0.05, 0.05, 0.12, 0.70],  # after c
+    [0.00, 0.15, 0.10, 0.10, 0.05, 0.60],  # after d
+    [0.00, 0.01, 0.04, 0.05, 0.50, 0.40],  # after eos (a prompt's last token)
+])
+
+
+class MarkovLM(torch.nn.Module):
+    config = GPTConfig(n_layer=1, n_head=1, n_embd=1, vocab_size=6)  # beam_search reads only vocab_size
+
+    def forward(self, idx, attention_mask=None, cache=None, last_only=False):
+        return NEXT.log()[idx[:, -1]][:, None], None
+
+
+def test_beam_score_counts_the_prompt_and_not_eos():
+    """Two beams after a 4-token prompt. Finished hypotheses (log p):
+      A = a eos:   log .40 + log .90          = -1.0217, found at step 2
+      B = b c eos: log .45 + log .85 + log .70 = -1.3185, found at step 3, when its row is done (is_done:
+                   the worst finished, B, is not below the step's best candidate, B's own eos, over 4 + 2)
+    transformers 3.2 (length = prompt + text without eos): A -1.0217 / 5 = -0.204 beats B -1.3185 / 6 = -0.220.
+    Dividing by the text with its eos instead (this code until now): A / 2 = -0.511 loses to B / 3 = -0.440.
+    With a 1-token prompt the 3.2 rule gives A / 2 = -0.511 and B / 3 = -0.440: B, also in a left-padded batch,
+    where the padding must not count.
+    """
+    lm = MarkovLM()
+    assert beam_search(lm, torch.tensor([[0, 0, 0, 0]]), 6, 2, eos_id=5) == [[1]]
+    assert beam_search(lm, torch.tensor([[0]]), 6, 2, eos_id=5) == [[2, 3]]
+    idx, mask = left_pad([[0], [0, 0, 0, 0]], pad_id=4)
+    assert beam_search(lm, idx, 6, 2, eos_id=5, attention_mask=mask) == [[2, 3], [1]]
+
+
+def test_an_eos_outside_the_top_beams_finishes_nothing():
+    """After a prompt ending in eos, step 1 ranks d (log .50) first and eos (log .40) second; no length penalty.
+    With 2 beams eos ranks among them: the empty text (-0.92) finishes, and beats d eos (-0.69 + log .60 = -1.20).
+    With 1 beam it does not, so d eos is all there is."""
+    assert beam_search(MarkovLM(), torch.tensor([[5]]), 6, 2, eos_id=5, length_penalty=0.0) == [[]]
+    assert beam_search(MarkovLM(), torch.tensor([[5]]), 6, 1, eos_id=5, length_penalty=0.0) == [[4]]
+
+
+def test_min_length_counts_the_prompt():
+    """eos is banned while prompt + text is shorter than min_length, as in transformers 3.2."""
+    lm, prompt = MarkovLM(), torch.tensor([[0, 0, 0, 0]])
+    # min_length 5 (the authors' setting) bans eos at step 1 only, when the prompt alone is 4 long: A still wins
+    assert beam_search(lm, prompt, 6, 2, eos_id=5, min_length=5) == [[1]]
+    # min_length 6 bans it at step 2 as well, so A never finishes and B (b c eos, at length 6) wins
+    assert beam_search(lm, prompt, 6, 2, eos_id=5, min_length=6) == [[2, 3]]
+    # greedy: b c eos after 4 tokens; after 1 token eos waits until the length is 6: b c d a d eos
+    idx, mask = left_pad([[0, 0, 0, 0], [0]], pad_id=4)
+    out = generate(lm, idx, 6, attention_mask=mask, temperature=0, eos_id=5, min_length=6).tolist()
+    assert out == [[2, 3, 5, 5, 5, 5], [2, 3, 4, 1, 4, 5]]
 
 
 def test_eos_ends_a_row_and_pads_it(gpt):
@@ -113,6 +171,15 @@ def test_banned_tokens_are_never_produced(gpt, prefix):
     banned = generate(gpt, idx, 10, prefix=prefix(1), temperature=0, banned_ids=free[:2])[0].tolist()
     assert not set(banned) & set(free[:2])
     assert not set(beam_search(gpt, idx, 10, 3, eos_id=EOS, prefix=prefix(1), banned_ids=free[:2])[0]) & set(free[:2])
+
+
+def test_a_float32_prefix_keeps_a_bfloat16_cache_in_bfloat16(gpt, prefix):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache, idx, mask = prefix.export().start_decoding(gpt, torch.tensor([PROMPTS[0]]), None)
+        gpt(idx, cache=cache, last_only=True)
+        gpt(idx[:, -1:], cache=cache)
+    assert prefix.export().table.dtype == torch.float32
+    assert all(k.dtype == v.dtype == torch.bfloat16 for k, v in cache.layers)
 
 
 def test_top_k_and_top_p_sample_only_from_their_sets():
@@ -152,7 +219,7 @@ def test_sample_from_a_table_and_from_a_file(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("name : Aromi | Type : pub\n  -> ")
     tables = tmp_path / "tables.txt"
-    tables.write_text("name : Aromi | Type : pub\n\nname : Cotto | food : Indian\n", encoding="utf-8")
+    tables.write_text("name : Aromi | Type : pub\nname : Cotto | food : Indian\n", encoding="utf-8")
     result = run_script("sample.py", "--out_dir", trained_run, "--start", f"FILE:{tables}", "--num_beams", "1",
                         "--temperature", "0.8", "--top_k", "20", "--max_new_tokens", "8",
                         "--output", tmp_path / "texts.txt")
@@ -165,9 +232,102 @@ def test_sample_scores_a_split_in_the_papers_layout(trained_run, tmp_path):
                         "--max_new_tokens", "10", "--no-coco", "--output", tmp_path / "dev.txt")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"e2e dev: 6 tables, beam 5, trained in {trained_run}"
+    assert lines[0] == f"e2e dev: 6 tables, beam 5, decoded {trained_run / 'prefix.safetensors'}"
     assert lines[1].split() == ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"]
     assert len((tmp_path / "dev.txt").read_text(encoding="utf-8").splitlines()) == 6
+
+
+def test_a_split_leaves_an_evaluation_that_rescoring_reproduces(trained_run, shared, tmp_path):
+    """out_dir/eval/e2e-dev/: tables and hypotheses line by line, references in e2e-metrics' format, scores.json;
+    --hypotheses scores those texts again to the same numbers, and --start FILE: decodes the tables line by line."""
+    import json
+    from data import load_examples
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("ckpt.pt", "prefix.safetensors"):
+        (run / name).write_bytes((trained_run / name).read_bytes())
+    result = run_script("sample.py", "--out_dir", run, "--split", "dev", "--max_examples", "7", "--max_new_tokens",
+                        "10", "--no-coco", "--output", tmp_path / "dev.txt")
+    assert result.returncode == 0, result.stderr
+    folder = run / "eval" / "e2e-dev"
+    assert sorted(p.name for p in folder.iterdir()) == ["hypotheses.txt", "references.txt", "scores.json",
+                                                        "tables.txt"]
+    examples = load_examples("e2e", "dev", shared / "data" / "e2e")[:7]
+    assert (folder / "tables.txt").read_text(encoding="utf-8").splitlines() == [ex.table for ex in examples]
+    hypotheses = (folder / "hypotheses.txt").read_text(encoding="utf-8")
+    assert hypotheses == (tmp_path / "dev.txt").read_text(encoding="utf-8") and len(hypotheses.splitlines()) == 7
+    groups = (folder / "references.txt").read_text(encoding="utf-8").split("\n\n")
+    assert groups[-1] == "" and [g.split("\n") for g in groups[:-1]] == [list(ex.references) for ex in examples]
+    decoded = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
+    assert decoded["scores"].keys() == {"BLEU", "NIST"} and decoded["tables"] == 7
+    assert decoded["decoded"] == str(run / "prefix.safetensors")
+    assert decoded["decoding"] | {"device": "auto"} == {
+        "prefix": "final", "init_from": decoded["decoding"]["init_from"], "num_beams": 5, "length_penalty": 1.0,
+        "min_length": 5, "max_new_tokens": 10, "ban_newlines": True, "temperature": 0.0, "top_k": None, "top_p": None,
+        "seed": 1337, "dtype": "float32", "device": "auto", "batch_size": 10, "max_examples": 7}
+
+    (tmp_path / "texts.txt").write_text(hypotheses, encoding="utf-8")
+    result = run_script("sample.py", "--out_dir", run, "--split", "dev", "--max_examples", "7", "--no-coco",
+                        "--hypotheses", tmp_path / "texts.txt", "--device", "nonsense")  # no model is loaded
+    assert result.returncode == 0, result.stderr
+    rescored = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
+    assert rescored["scores"] == decoded["scores"] and rescored["texts_from"] == str(tmp_path / "texts.txt")
+
+    result = run_script("sample.py", "--out_dir", run, "--start", f"FILE:{folder / 'tables.txt'}",
+                        "--max_new_tokens", "10", "--batch_size", "3", "--output", tmp_path / "again.txt")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "again.txt").read_text(encoding="utf-8") == hypotheses
+
+
+def test_sample_decodes_the_final_export_unless_told_best(trained_run, tmp_path):
+    """The authors decode the model at the end of training; --prefix best takes the best validation loss's."""
+    for flags, export in (((), "prefix.safetensors"), (("--prefix", "best"), "prefix_best.safetensors")):
+        result = run_script("sample.py", "--out_dir", trained_run, "--split", "dev", "--max_examples", "1",
+                            "--max_new_tokens", "2", "--no-coco", *flags)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[0].endswith(f"decoded {trained_run / export}")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "prefix.safetensors").write_bytes((trained_run / "prefix.safetensors").read_bytes())
+    final = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "8")
+    assert final.returncode == 0, final.stderr
+    result = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi", "--prefix", "best")
+    assert result.returncode == 2 and "holds no best export of a trained method; it holds prefix.safetensors: " \
+                                      "pass --prefix final" in result.stderr
+    (run / "prefix.safetensors").rename(run / "prefix_best.safetensors")
+    result = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi")
+    assert result.returncode == 2 and "holds no final export of a trained method nor ckpt.pt; it holds " \
+                                      "prefix_best.safetensors: pass --prefix best" in result.stderr
+    best = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "8",
+                      "--prefix", "best")
+    assert best.returncode == 0 and best.stdout == final.stdout
+    import sample
+    args = sample.parse_args(["--start", "x"])
+    assert (args.prefix, args.dtype, args.min_length, args.length_penalty) == ("final", "float32", 5, 1.0)
+
+
+def test_a_prefix_is_not_decoded_on_another_datasets_split(trained_run, tmp_path):
+    from prefix import prefix_metadata
+    assert prefix_metadata(trained_run / "prefix.safetensors")["dataset"] == "e2e"
+    run = tmp_path / "run"  # no ckpt.pt: the export's metadata alone says what it was trained on
+    run.mkdir()
+    (run / "prefix.safetensors").write_bytes((trained_run / "prefix.safetensors").read_bytes())
+    for out_dir in (trained_run, run):
+        result = run_script("sample.py", "--out_dir", out_dir, "--split", "dev", "--dataset", "webnlg")
+        assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+        assert "was trained on e2e, not webnlg; decoding it on webnlg dev is refused" in result.stderr
+
+
+def test_the_java_hint_names_a_flag_sample_py_has(monkeypatch):
+    import re
+    import sample
+    from common import UserError
+    from metrics import coco, coco_scores
+    monkeypatch.setattr(coco.shutil, "which", lambda name: None)  # no Java
+    with pytest.raises(UserError) as e:
+        coco_scores(["a text"], [["a text"]])
+    flags = re.findall(r"sample\.py (--[\w-]+)", str(e.value))
+    assert flags == ["--no-coco"] and sample.parse_args(["--split", "dev", *flags]).coco is False
 
 
 def test_sample_decodes_an_infix_run(tiny_gpt2, shared, tmp_path):
@@ -196,6 +356,11 @@ def test_sample_falls_back_to_the_training_checkpoint(trained_run, tmp_path):
 @pytest.mark.parametrize("make_args,message", [
     (lambda run, tmp: ["--out_dir", tmp / "missing", "--start", "x"], "there is no training run at"),
     (lambda run, tmp: ["--out_dir", run, "--start", "FILE:" + str(tmp / "empty.txt")], "holds no tables"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "FILE:" + str(tmp / "gap.txt")],
+     "line 2 of {tmp}/gap.txt is blank; give one table on every line"),
+    (lambda run, tmp: ["--out_dir", run, "--start", "x", "--hypotheses", str(tmp / "gap.txt")], "give --split too"),
+    (lambda run, tmp: ["--out_dir", run, "--split", "dev", "--max_examples", "2", "--hypotheses", str(tmp / "gap.txt")],
+     "holds 3 lines, but there are 2 tables"),
     (lambda run, tmp: ["--out_dir", run, "--start", "FILE:" + str(tmp / "nope.txt")], "could not read the tables"),
     (lambda run, tmp: ["--out_dir", run], "give either --start"),
     (lambda run, tmp: ["--out_dir", run, "--start", "x", "--temperature", "0.7"], "need --num_beams 1"),
@@ -211,12 +376,13 @@ def test_sample_falls_back_to_the_training_checkpoint(trained_run, tmp_path):
     (lambda run, tmp: ["--out_dir", tmp / "damaged", "--start", "x"], "ckpt.pt could not be read"),
 ])
 def test_sample_bad_input_is_one_sentence(trained_run, tmp_path, make_args, message):
-    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "gap.txt").write_text("name : Aromi\n \nname : Cotto\n")
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "ckpt.pt").write_bytes(b"not a checkpoint")
     result = run_script("sample.py", *make_args(trained_run, tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert message.format(tmp=tmp_path) in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_sample_refuses_a_prefix_trained_for_another_model_shape(trained_run, tmp_path):

@@ -185,6 +185,12 @@ def test_a_new_run_in_an_old_folder_is_refused_and_overwrite_starts_clean(tiny_g
     before its first evaluation, left P = 10's prefix_best.safetensors beside P = 5's ckpt.pt."""
     assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
     old_run = json.loads((tmp_path / "config.json").read_text())["run_id"]
+    # an export that another run wrote, beside this run's ckpt.pt, is refused by sample.py
+    final = tmp_path / "prefix.safetensors"
+    metadata = safetensors.load_metadata(final)
+    safetensors.save_file(safetensors.load_file(final), final, {**metadata, "run_id": "20260101-000000-abcdef"})
+    stray = run_script("sample.py", "--out_dir", tmp_path, "--start", "name : Aromi")
+    assert stray.returncode == 2 and "was not written by the run" in stray.stderr and "Traceback" not in stray.stderr
     (tmp_path / "notes.txt").write_text("mine")  # not a run's file: --overwrite leaves it
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     refused = train(tiny_gpt2, shared, tmp_path, "--prefix_len", "5", timeout=120)
@@ -336,8 +342,9 @@ def test_sample_decodes_each_baseline_from_its_export_and_from_its_checkpoint(ti
         trained = torch.load(run / "ckpt.pt", weights_only=True)["trained"]
         assert method.state_dict().keys() == trained.keys()
         assert all(torch.equal(method.state_dict()[k], v) for k, v in trained.items())
-    best = sample_text(run)
-    final = sample_text(run, "--prefix", "final")
+        assert safetensors.load_metadata(run / "tuned.safetensors")["dataset"] == "e2e"  # sample.py checks it
+    best = sample_text(run, "--prefix", "best")
+    final = sample_text(run)  # the default, as the authors decode
     only_ckpt = tmp_path / "only-ckpt"  # nothing exported yet: sample.py rebuilds the method from ckpt.pt
     only_ckpt.mkdir()
     shutil.copy(run / "ckpt.pt", only_ckpt / "ckpt.pt")
