@@ -22,8 +22,8 @@ from baselines import ChangesTheGPT, build_baseline, load_tuned
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
-from data import DATASETS, SPLITS, category_subset, load_examples, prompt_ids
-from metrics import bleu, coco_scores, e2e_scores, format_scores
+from data import DATASETS, SPLITS, TEXT_FORMS, category_subset, load_examples, prompt_ids
+from metrics import coco_scores, e2e_scores, format_scores, format_webnlg, webnlg_scores
 from model import GPT
 from model.generate import beam_search, generate, left_pad
 from model import safetensors
@@ -33,6 +33,9 @@ from prefix import build_prefix, load_prefix, prefix_metadata
 from prefix.artifact import read_training_checkpoint, restore_training_state
 
 NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, one text is one line
+# transformers 3's clean_up_tokenization, in its order: the authors decode with clean_up_tokenization_spaces=True
+CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
 def parse_args(argv=None):
@@ -44,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--split", default=None, choices=SPLITS, help="decode a dataset split and score it")
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help="(default: the run's)")
     p.add_argument("--data_dir", default=None, help="a local copy of the dataset (default: the download)")
+    p.add_argument("--e2e_text", default=None, choices=TEXT_FORMS, help="E2E references as released or as the "
+                   "authors tokenized them, and texts cleaned up as they decode (default: the run's)")
     p.add_argument("--max_examples", type=int, default=None, help="decode only the first N tables of the split")
     p.add_argument("--num_beams", type=int, default=5, help="beam search width; 1 decodes greedily or samples")
     p.add_argument("--length_penalty", type=float, default=1.0, help="beam score = sum log p / length ** this")
@@ -56,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=10, help="tables decoded together (left-padded)")
     p.add_argument("--output", default=None, help="write the texts here, one per line")
     p.add_argument("--coco", action=argparse.BooleanOptionalAction, default=True,
-                   help="also METEOR, ROUGE-L, CIDEr on E2E (needs pycocoevalcap and Java)")
+                   help="also METEOR (E2E, WebNLG), ROUGE-L and CIDEr (E2E) (needs pycocoevalcap and Java)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="as in train.py")
     p.add_argument("--seed", type=int, default=1337, help="for sampling")
@@ -161,13 +166,28 @@ def read_tables(start: str) -> list[str]:
     return tables
 
 
+def as_the_authors_decode(text: str) -> str:
+    """A generated text as the authors' run_generation.py writes it: cleaned up, and "Error" when empty."""
+    for spaced, joined in CLEAN_UP:
+        text = text.replace(spaced, joined)
+    return text.strip() or "Error"
+
+
 def report(dataset: str, examples, texts: list[str], coco: bool) -> str:
-    """The paper's metrics: E2E's five (Table 1), WebNLG's BLEU on seen (S), unseen (U) and all (A) categories."""
+    """The paper's metrics: E2E's five (Table 1); WebNLG's BLEU, METEOR and TER on seen (S), unseen (U) and all
+    (A) categories, as the WebNLG challenge's scripts compute them (Table 2)."""
     if dataset == "webnlg":
         text_of = dict(zip(examples, texts))  # equal examples (same table and references) decode alike
-        scores = {subset: bleu([text_of[ex] for ex in chosen], [ex.references for ex in chosen])
-                  for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}
-        return "  ".join(f"BLEU {subset} {value:.1f}" for subset, value in scores.items())
+        groups = {subset: chosen for subset in ("seen", "unseen", "all")
+                  if (chosen := category_subset(examples, subset))}
+
+        def scores(meteor_too: bool) -> dict:
+            return {subset: webnlg_scores([text_of[ex] for ex in chosen], [ex.references for ex in chosen],
+                                          meteor_too) for subset, chosen in groups.items()}
+        try:
+            return format_webnlg(scores(coco))
+        except UserError as e:  # METEOR is an optional extra
+            return f"{format_webnlg(scores(False))}\n({e})"
     references = [ex.references for ex in examples]
     scores = e2e_scores(texts, references, coco=False)
     try:
@@ -185,11 +205,17 @@ def main(argv=None):
     device = pick_device(args.device)
     tables = read_tables(args.start) if args.start is not None else None
     gpt, method, tokenizer, trained = load_run(args, device)
+    text_form = args.e2e_text or trained.get("e2e_text", "official")
+    dataset = args.dataset or trained.get("dataset", "e2e")
+    if text_form != "official" and dataset != "e2e":
+        raise UserError(f"--e2e_text {text_form} rewrites E2E references; this is a {dataset} run")
     if args.split is not None:
-        dataset = args.dataset or trained.get("dataset", "e2e")
-        examples = load_examples(dataset, args.split, args.data_dir or trained.get("data_dir"))[:args.max_examples]
+        examples = load_examples(dataset, args.split, args.data_dir or trained.get("data_dir"),
+                                 text_form=text_form)[:args.max_examples]
         tables = [ex.table for ex in examples]
     texts = decode(gpt, method, tokenizer, tables, args, device)
+    if text_form == "authors":
+        texts = [as_the_authors_decode(text) for text in texts]
     if args.output:
         with atomic_path(args.output) as tmp:
             tmp.write_text("".join(text + "\n" for text in texts), encoding="utf-8")
