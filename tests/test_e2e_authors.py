@@ -38,7 +38,8 @@ def test_authors_text_reproduces_their_files(shared, authors_lines, split):
 
 
 @pytest.mark.parametrize("official, dev_file, test_file", [
-    ("Alimentum isn't family-friendly.", "Alimentum isn 't family - friendly .", "Alimentum is n't family - friendly ."),
+    ("Alimentum isn't family-friendly.", "Alimentum isn 't family - friendly .",
+     "Alimentum is n't family - friendly ."),
     ("It's £20-£25, a 5-star 'average' place...", "It 's £ 20- £ 25 , a 5 - star ' average ' place ...",
      "It 's £ 20-£25 , a 5-star ' average ' place ..."),
     ("Near  Café Sicilia,the price is £20-25.", "Near Café Sicilia , the price is £ 20 - 25 .",
