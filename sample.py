@@ -25,8 +25,8 @@ from baselines import ChangesTheGPT, build_baseline, load_tuned
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
-from data import DATASETS, SPLITS, category_subset, load_examples, prompt_ids
-from metrics import bleu, coco_scores, e2e_scores, format_scores
+from data import DATASETS, SPLITS, TEXT_FORMS, category_subset, load_examples, prompt_ids
+from metrics import coco_scores, e2e_scores, format_scores, format_webnlg, webnlg_scores
 from metrics.e2e_files import hypotheses_text, one_line, read_hypotheses, references_text
 from model import GPT
 from model.generate import beam_search, generate, left_pad
@@ -37,6 +37,9 @@ from prefix import build_prefix, load_prefix, prefix_metadata
 from prefix.artifact import read_training_checkpoint, restore_training_state
 
 NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, one text is one line
+# transformers 3's clean_up_tokenization, in its order: the authors decode with clean_up_tokenization_spaces=True
+CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
 def parse_args(argv=None):
@@ -51,6 +54,8 @@ def parse_args(argv=None):
                                                       "instead of decoding")
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help="(default: the run's)")
     p.add_argument("--data_dir", default=None, help="a local copy of the dataset (default: the download)")
+    p.add_argument("--e2e_text", default=None, choices=TEXT_FORMS, help="E2E references as released or as the "
+                   "authors tokenized them, and texts cleaned up as they decode (default: the run's)")
     p.add_argument("--max_examples", type=int, default=None, help="decode only the first N tables of the split")
     p.add_argument("--num_beams", type=int, default=5, help="beam search width; 1 decodes greedily or samples")
     p.add_argument("--length_penalty", type=float, default=1.0,
@@ -66,7 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=10, help="tables decoded together (left-padded)")
     p.add_argument("--output", default=None, help="write the texts here, one per line")
     p.add_argument("--coco", action=argparse.BooleanOptionalAction, default=True,
-                   help="also METEOR, ROUGE-L, CIDEr on E2E (needs pycocoevalcap and Java)")
+                   help="also METEOR (E2E, WebNLG), ROUGE-L and CIDEr (E2E) (needs pycocoevalcap and Java)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
                    help="float32 as the authors decode (beams ranked on bfloat16 logits can differ); auto: bfloat16 "
@@ -121,7 +126,8 @@ def find_run(args) -> tuple[Path | None, dict | None, dict]:
     if checkpoint:
         trained = checkpoint["args"]
     else:  # what the export records (fine-tuning's, a GPT-2 checkpoint, records no base model: it is one)
-        trained = {"init_from": metadata.get("base_model"), "dataset": metadata.get("dataset")}
+        trained = {"init_from": metadata.get("base_model"), "dataset": metadata.get("dataset"),
+                   "e2e_text": metadata.get("e2e_text")}
     return export, checkpoint, trained
 
 
@@ -210,13 +216,28 @@ def read_tables(start: str) -> list[str]:
     return tables
 
 
+def as_the_authors_decode(text: str) -> str:
+    """A generated text as the authors' run_generation.py writes it: cleaned up, and "Error" when empty."""
+    for spaced, joined in CLEAN_UP:
+        text = text.replace(spaced, joined)
+    return text.strip() or "Error"
+
+
 def score(dataset: str, examples, texts: list[str], coco: bool) -> tuple[dict, str | None]:
-    """The paper's metrics: E2E's five (Table 1), WebNLG's BLEU on seen, unseen and all categories (its scores
-    keyed by category); and why some are missing (None when none is)."""
+    """The paper's metrics: E2E's five (Table 1); WebNLG's BLEU, METEOR and TER on seen, unseen and all
+    categories as the WebNLG challenge's scripts compute them (Table 2), keyed by category; and why some are
+    missing (None when none is)."""
     if dataset == "webnlg":
         text_of = dict(zip(examples, texts))  # equal examples (same table and references) decode alike
-        return {subset: {"BLEU": bleu([text_of[ex] for ex in chosen], [ex.references for ex in chosen])}
-                for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}, None
+        groups = {subset: chosen for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}
+
+        def scores(meteor_too: bool) -> dict:
+            return {subset: webnlg_scores([text_of[ex] for ex in chosen], [ex.references for ex in chosen],
+                                          meteor_too) for subset, chosen in groups.items()}
+        try:
+            return scores(coco), None
+        except UserError as e:  # METEOR is an optional extra
+            return scores(False), str(e)
     references = [ex.references for ex in examples]
     scores = e2e_scores(texts, references, coco=False)
     try:
@@ -228,9 +249,8 @@ def score(dataset: str, examples, texts: list[str], coco: bool) -> tuple[dict, s
 
 
 def report(dataset: str, scores: dict, missing: str | None) -> str:
-    if dataset == "webnlg":
-        return "  ".join(f"BLEU {subset} {value['BLEU']:.1f}" for subset, value in scores.items())
-    return format_scores(scores) + (f"\n({missing})" if missing else "")
+    table = format_webnlg(scores) if dataset == "webnlg" else format_scores(scores)
+    return table + (f"\n({missing})" if missing else "")
 
 
 def write_evaluation(folder: Path, examples, texts: list[str], scores: dict, missing: str | None,
@@ -256,14 +276,18 @@ def main(argv=None):
     reuse_freed_memory()
     export, checkpoint, trained = find_run(args)
     source = export or Path(args.out_dir) / "ckpt.pt"
+    dataset = args.dataset or trained.get("dataset") or "e2e"
+    text_form = args.e2e_text or trained.get("e2e_text") or "official"
+    if text_form != "official" and dataset != "e2e":
+        raise UserError(f"--e2e_text {text_form} rewrites E2E references; this is a {dataset} run")
     if args.split is None:
         tables = read_tables(args.start)
     else:
-        dataset = args.dataset or trained.get("dataset") or "e2e"
         if args.hypotheses is None and trained.get("dataset") not in (None, dataset):
             raise UserError(f"{source} was trained on {trained['dataset']}, not {dataset}; decoding it on "
                             f"{dataset} {args.split} is refused (drop --dataset to use {trained['dataset']})")
-        examples = load_examples(dataset, args.split, args.data_dir or trained.get("data_dir"))[:args.max_examples]
+        examples = load_examples(dataset, args.split, args.data_dir or trained.get("data_dir"),
+                                 text_form=text_form)[:args.max_examples]
         tables = [ex.table for ex in examples]
     if args.hypotheses is not None:
         texts = read_hypotheses(args.hypotheses, len(tables))
@@ -272,6 +296,8 @@ def main(argv=None):
     else:
         device = pick_device(args.device)
         texts = decode(*load_method(args, export, checkpoint, trained, device), tables, args, device)
+        if text_form == "authors":
+            texts = [as_the_authors_decode(text) for text in texts]
         made = {"decoded": str(source), "decoding": {name: getattr(args, name) for name in DECODING}
                 | {"init_from": args.init_from or trained.get("init_from"), "device": str(device)}}
         if args.split is not None:

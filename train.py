@@ -32,7 +32,7 @@ from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from common.runs import claim_out_dir, environment, new_run_id, peak_memory
-from data import IGNORE_INDEX, tokenized_split
+from data import IGNORE_INDEX, TEXT_FORMS, tokenized_split
 from model import GPT, GPTConfig
 from model.loading import checkpoint_dir, read_config, save_pretrained
 from model.tokenizer import get_tokenizer
@@ -46,10 +46,10 @@ PAPER = {"e2e": dict(learning_rate=8e-5, batch_size=10, epochs=5, prefix_len=10)
 LOSS_NAMES = {"sentence": "summed over each text, averaged over texts", "token": "mean per target token"}
 # Arguments that define the run; --resume refuses to change them, so a resumed run is the same run
 # (except data_dir: the same data may have moved).
-RUN_ARGS = ("init_from", "dataset", "data_dir", "train_examples", "tuning_mode", "prefix_len", "mid_dim", "variant",
-            "reparam", "prefix_dropout", "init_text", "positions_from_zero", "top_blocks", "adapter_dim", "lora_rank",
-            "lora_alpha", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs", "max_iters",
-            "grad_clip", "seed", "loss_reduction", "grad_accum")
+RUN_ARGS = ("init_from", "dataset", "data_dir", "e2e_text", "train_examples", "tuning_mode", "prefix_len", "mid_dim",
+            "variant", "reparam", "prefix_dropout", "init_text", "positions_from_zero", "top_blocks", "adapter_dim",
+            "lora_rank", "lora_alpha", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs",
+            "max_iters", "grad_clip", "seed", "loss_reduction", "grad_accum")
 # The file each kind of method exports at the end; "_best" is inserted before the suffix for the best one.
 EXPORTS = {"prefix": "prefix.safetensors", "finetune": "model", "finetune-top": "tuned.safetensors",
            "adapter": "tuned.safetensors", "lora": "tuned.safetensors"}
@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init_from", default="gpt2", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint dir")
     p.add_argument("--dataset", default="e2e", choices=sorted(PAPER), help="the table-to-text dataset")
     p.add_argument("--data_dir", default=None, help="a local copy of the dataset (E2E: the zip or its CSVs; default: download E2E)")
+    p.add_argument("--e2e_text", default="official", choices=TEXT_FORMS,
+                   help="E2E references as released, or PTB-tokenized as the authors trained on them")
     p.add_argument("--train_examples", type=int, default=None,
                    help="train on a random subset of this many (table, text) pairs, drawn from --seed (low-data runs)")
     p.add_argument("--tuning_mode", default="prefix", choices=["prefix", *BASELINES],
@@ -113,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  at_least_zero=("warmup_iters", "eval_iters", "weight_decay"))
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --out_dir and --overwrite replaces it; give one of them")
+    if args.e2e_text != "official" and args.dataset != "e2e":
+        raise UserError(f"--e2e_text {args.e2e_text} rewrites E2E references; --dataset {args.dataset} has its own")
     if not 0 <= args.prefix_dropout < 1:
         raise UserError(f"--prefix_dropout must be at least 0 and below 1, got {args.prefix_dropout}")
     if args.tuning_mode != "prefix" and (args.variant != "prefix" or args.init_text or args.positions_from_zero):
@@ -352,12 +356,12 @@ def stop_on_ctrl_c() -> list:
 def training_data(args: argparse.Namespace, tokenizer, config: GPTConfig):
     """The training pairs (all, or --train_examples of them drawn from --seed) and the dev split, checked to fit
     the model's positions after the prefix."""
-    train_data = tokenized_split(args.dataset, "train", tokenizer, args.data_dir)
+    train_data = tokenized_split(args.dataset, "train", tokenizer, args.data_dir, args.e2e_text)
     if args.train_examples is not None:
         if args.train_examples > len(train_data):
             raise UserError(f"--train_examples {args.train_examples} exceeds the {len(train_data):,} training pairs")
         train_data = train_data.random_subset(args.train_examples, args.seed)
-    val_data = tokenized_split(args.dataset, "dev", tokenizer, args.data_dir)
+    val_data = tokenized_split(args.dataset, "dev", tokenizer, args.data_dir, args.e2e_text)
     longest = max(train_data.longest, val_data.longest)
     if args.prefix_len + longest > config.block_size:
         raise UserError(f"a prefix of {args.prefix_len} plus the longest example ({longest} tokens) exceeds the "
@@ -501,9 +505,9 @@ def export_path(args: argparse.Namespace, out_dir: Path, best: bool) -> Path:
 
 def export(args: argparse.Namespace, method, gpt: GPT, tokenizer, out_dir: Path, run_id: str, best: bool) -> Path:
     """Write what the method trained, and only that: P (no MLP), a baseline's tensors, or a whole fine-tuned GPT;
-    each carries the run id and the dataset it was trained on."""
+    each carries the run id and the data it was trained on."""
     path = export_path(args, out_dir, best)
-    run = {"run_id": run_id, "dataset": args.dataset}
+    run = {"run_id": run_id, "dataset": args.dataset, "e2e_text": args.e2e_text}
     if args.tuning_mode == "prefix":
         save_prefix(method.export(), path, args.init_from, run)
     elif args.tuning_mode == "finetune":

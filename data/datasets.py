@@ -3,17 +3,27 @@ from pathlib import Path
 
 from common import UserError
 from data import e2e, webnlg
+from data.e2e_authors import authors_examples
 from data.example import Example
 
 DATASETS = {"e2e": e2e, "webnlg": webnlg}
 SPLITS = ("train", "dev", "test")
+TEXT_FORMS = ("official", "authors")  # E2E references as released, or as the paper's authors tokenized them
 
 
 def load_examples(dataset: str, split: str, data_dir: str | Path | None = None, *,
-                  for_training: bool = False) -> list[Example]:
+                  for_training: bool = False, text_form: str = "official") -> list[Example]:
     """The split's tables with their references. data_dir may be None for E2E (downloaded once into the user cache);
-    WebNLG needs it. for_training keeps only the references the paper trains on (see webnlg.load)."""
-    return _module(dataset, split).load(split, data_dir, for_training)
+    WebNLG needs it. for_training keeps only the references the paper trains on (see webnlg.load). text_form
+    "authors" rewrites E2E references as the authors' files hold them (see e2e_authors)."""
+    examples = _module(dataset, split).load(split, data_dir, for_training)
+    if text_form not in TEXT_FORMS:
+        raise UserError(f"unknown text form {text_form!r}; choose {' or '.join(TEXT_FORMS)}")
+    if text_form == "official":
+        return examples
+    if dataset != "e2e":
+        raise UserError(f"the authors' text form exists for E2E only, not {dataset}; leave it at official")
+    return authors_examples(examples, split)
 
 
 def source_files(dataset: str, split: str, data_dir: str | Path | None = None) -> list[Path]:

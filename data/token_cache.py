@@ -16,10 +16,11 @@ PROBE = " name : Café | price : £ 20 - 25 <|endoftext|> Hello, world! <|endoft
 
 
 def tokenized_split(dataset: str, split: str, tokenizer: tiktoken.Encoding,
-                    data_dir: str | Path | None = None) -> Sequences:
-    """The split's training sequences, one per (table, reference) pair, from the cache when it is there."""
+                    data_dir: str | Path | None = None, text_form: str = "official") -> Sequences:
+    """The split's training sequences, one per (table, reference) pair, from the cache when it is there.
+    text_form is load_examples's."""
     files = source_files(dataset, split, data_dir)
-    path = _cache_path(dataset, split, files, tokenizer)
+    path = _cache_path(dataset, split, files, tokenizer, text_form)
     if path.exists():
         try:
             sequences = Sequences.load(path)
@@ -27,17 +28,17 @@ def tokenized_split(dataset: str, split: str, tokenizer: tiktoken.Encoding,
                 return sequences
         except UserError:  # a damaged or foreign file: built again below, and replaced
             pass
-    examples = load_examples(dataset, split, data_dir, for_training=True)
+    examples = load_examples(dataset, split, data_dir, for_training=True, text_form=text_form)
     sequences = Sequences.from_pairs(tokenizer, [(ex.table, ref) for ex in examples for ref in ex.references])
     with atomic_path(path) as tmp:
         sequences.save(tmp)
     return sequences
 
 
-def _cache_path(dataset: str, split: str, files: list[Path], tokenizer: tiktoken.Encoding) -> Path:
+def _cache_path(dataset: str, split: str, files: list[Path], tokenizer: tiktoken.Encoding, text_form: str) -> Path:
     sources = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     vocabulary = (tokenizer.name, tokenizer.n_vocab, tokenizer.encode(PROBE, allowed_special="all"))
-    key = hashlib.sha256(repr((FORMAT, dataset, split, sources, vocabulary)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr((FORMAT, dataset, split, text_form, sources, vocabulary)).encode()).hexdigest()[:16]
     folder = Path(os.path.commonpath([f.parent for f in files]))
     if not _writable(folder):
         folder = cache_dir("data", dataset)

@@ -1,4 +1,4 @@
-"""Scores for generated table-to-text: the E2E challenge's five metrics, and BLEU alone for WebNLG.
+"""Scores for generated table-to-text: the E2E challenge's five metrics, and the WebNLG challenge's three.
 
 Every function takes one hypothesis per table and all of that table's references, and reports on the
 Prefix-Tuning paper's scales: BLEU, METEOR and ROUGE-L in percent (70.3, 46.3, 72.1), NIST and CIDEr as their
@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from metrics.coco import coco_scores
 from metrics.mteval import bleu, nist
+from metrics.webnlg import format_webnlg, webnlg_scores
 
-__all__ = ["e2e_scores", "bleu", "nist", "coco_scores", "format_scores"]
+__all__ = ["e2e_scores", "bleu", "nist", "coco_scores", "format_scores", "webnlg_scores", "format_webnlg"]
 
 DECIMALS = {"BLEU": 1, "NIST": 2, "METEOR": 1, "ROUGE-L": 1, "CIDEr": 2}  # the paper's columns, as it prints them
 

@@ -20,24 +20,40 @@ INSTALL_HINT = ("run `pip install pycocoevalcap` and install a Java runtime (e.g
 def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """{"METEOR", "ROUGE-L", "CIDEr"}: METEOR and ROUGE-L on a 0-100 scale, CIDEr as is (the paper's 2.46)."""
     check_inputs(hypotheses, references)
+    Cider, Meteor, Rouge, PTBTokenizer = _scorers("METEOR, ROUGE-L and CIDEr need")
+
+    # The scorers take {id: [caption, ...]}; the tokenizer takes {id: [{"caption": text}, ...]}.
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": ref} for ref in group] for i, group in enumerate(references)})
+    res = tokenizer.tokenize({i: [{"caption": hypothesis}] for i, hypothesis in enumerate(hypotheses)})
+    meteor_score, _ = _meteor(Meteor).compute_score(gts, res)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"METEOR": 100 * float(meteor_score), "ROUGE-L": 100 * float(rouge), "CIDEr": float(cider)}
+
+
+def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """METEOR 1.5 (-l en -norm) of the texts as given, with no tokenizer before it, as a fraction (0.41): the
+    jar's own corpus score. An empty reference is passed on as one (the WebNLG scripts rely on it)."""
+    check_inputs(hypotheses, references)
+    _, Meteor, _, _ = _scorers("METEOR needs")
+    score, _ = _meteor(Meteor).compute_score({i: list(group) for i, group in enumerate(references)},
+                                             {i: [hypothesis] for i, hypothesis in enumerate(hypotheses)})
+    return float(score)
+
+
+def _scorers(what_needs: str):
+    """pycocoevalcap's Cider, Meteor, Rouge and PTBTokenizer, or a UserError saying what is missing."""
     try:
         from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.meteor.meteor import Meteor
         from pycocoevalcap.rouge.rouge import Rouge
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError:
-        raise UserError(f"METEOR, ROUGE-L and CIDEr need the pycocoevalcap package; {INSTALL_HINT}") from None
+        raise UserError(f"{what_needs} the pycocoevalcap package; {INSTALL_HINT}") from None
     if shutil.which("java") is None:
-        raise UserError(f"METEOR, ROUGE-L and CIDEr need Java, but `java` is not on PATH; {INSTALL_HINT}")
-
-    # The scorers take {id: [caption, ...]}; the tokenizer takes {id: [{"caption": text}, ...]}.
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({i: [{"caption": ref} for ref in group] for i, group in enumerate(references)})
-    res = tokenizer.tokenize({i: [{"caption": hypothesis}] for i, hypothesis in enumerate(hypotheses)})
-    meteor, _ = _meteor(Meteor).compute_score(gts, res)
-    rouge, _ = Rouge().compute_score(gts, res)
-    cider, _ = Cider().compute_score(gts, res)
-    return {"METEOR": 100 * float(meteor), "ROUGE-L": 100 * float(rouge), "CIDEr": float(cider)}
+        raise UserError(f"{what_needs} Java, but `java` is not on PATH; {INSTALL_HINT}")
+    return Cider, Meteor, Rouge, PTBTokenizer
 
 
 @functools.lru_cache(maxsize=1)
