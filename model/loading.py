@@ -2,13 +2,16 @@
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
 from common.download import download
 from common.errors import UserError
 from common.files import atomic_path, cache_dir
+from common.memory import peak_rss
 from model import safetensors
 from model.gpt import GPTConfig
 from model.tokenizer import save_tokenizer_files
@@ -21,12 +24,12 @@ MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # old saves' caus
 
 def load_pretrained(cls, name_or_dir: str, cache_root=None):
     directory = checkpoint_dir(name_or_dir, cache_root)
-    config, state = read_config(directory), read_weights(directory)
-    with torch.device("meta"):  # the model's shapes, without its memory: a damaged file is refused before that
-        skeleton = cls(config)
-    ours = _hub_to_ours(skeleton, state, source=directory)
-    model = cls(config)
-    model.load_state_dict(ours, strict=False)
+    config = read_config(directory)
+    with torch.device("meta"):  # shapes without memory: no weight is made (or initialised) only to be overwritten
+        model = cls(config)
+    # assign: the checkpoint's tensors become the parameters, so loading holds the weights once, not twice
+    model.load_state_dict(_hub_to_ours(model, read_weights(directory), source=directory), strict=False, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign replaced wte's Parameter: tie the head to it again
     return model.eval()
 
 
@@ -94,10 +97,11 @@ def _require_size(path: Path, key: str, value, cap: int) -> None:
         raise UserError(f"{path} sets {key} to {value!r}, not a positive integer of at most {cap:,}")
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors, from model.safetensors or else pytorch_model.bin (never unpickling code)."""
+def read_weights(directory: Path) -> Iterator[tuple[str, Callable[..., torch.Tensor]]]:
+    """(name, read) for each tensor of the checkpoint, from model.safetensors or else pytorch_model.bin (never
+    unpickling code): read() gives the tensor, read(transpose=True) a matrix's transpose, contiguous."""
     if (directory / "model.safetensors").exists():
-        return safetensors.load_file(directory / "model.safetensors")
+        return safetensors.iter_file(directory / "model.safetensors")
     path = directory / "pytorch_model.bin"
     if not path.exists():
         raise UserError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
@@ -109,23 +113,26 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                             for k, v in state.items())):
         raise UserError(f"{path} is not a state dict (names mapped to tensors); delete it and fetch it again")
-    return state
+    return ((name, lambda transpose=False, t=t: t.t().contiguous() if transpose and t.dim() == 2 else t)
+            for name, t in state.items())
 
 
-def _hub_to_ours(model, state: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
-    """Hugging Face GPT-2 tensors under our GPT's names, each checked against `model`'s (which may be on the meta
-    device: only its names and shapes are read).
+def _hub_to_ours(model, tensors: Iterator[tuple[str, Callable[..., torch.Tensor]]], source) -> dict[str, torch.Tensor]:
+    """Hugging Face GPT-2 tensors under our GPT's names and in the dtype of `model`'s, checked against them (`model`
+    may be on the meta device: only its names, shapes and dtypes are read).
 
-    Keys may or may not start with "transformer."; Conv1D weights are stored (in, out) and are transposed
-    to nn.Linear's (out, in); the LM head is tied to wte, so a stored lm_head.weight is redundant.
+    Keys may or may not start with "transformer."; Conv1D weights are stored (in, out) and are read transposed
+    to nn.Linear's (out, in); the LM head is tied to wte, so a stored lm_head.weight is redundant (and, like the
+    old saves' mask buffers, never read).
     """
-    ours = {}
-    for key, tensor in state.items():
-        name = key.removeprefix("transformer.")
-        if MASK_BUFFER.fullmatch(name) or name == "lm_head.weight":
-            continue
-        ours["transformer." + name] = tensor.t() if name.endswith(CONV1D_WEIGHTS) and tensor.dim() == 2 else tensor
     expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    ours = {}
+    for key, read in tensors:
+        short = key.removeprefix("transformer.")
+        if MASK_BUFFER.fullmatch(short) or short == "lm_head.weight":
+            continue
+        name, tensor = "transformer." + short, read(transpose=short.endswith(CONV1D_WEIGHTS))
+        ours[name] = tensor.to(expected[name].dtype) if name in expected and tensor.is_floating_point() else tensor
     missing, unexpected = sorted(expected.keys() - ours.keys()), sorted(ours.keys() - expected.keys())
     if missing or unexpected:
         raise UserError(f"{source} is not a GPT-2 checkpoint of its config's shape "
@@ -141,9 +148,10 @@ def _hub_to_ours(model, state: dict[str, torch.Tensor], source) -> dict[str, tor
     return ours
 
 
-def save_pretrained(model, directory, tokenizer) -> Path:
-    """Write `model` as a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, vocab.json,
-    merges.txt) that GPT.from_pretrained, --init_from and transformers' GPT2LMHeadModel all load.
+def save_pretrained(model, directory, tokenizer=None) -> Path:
+    """Write `model` as a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, and with a
+    tokenizer vocab.json and merges.txt) that GPT.from_pretrained, --init_from and transformers' GPT2LMHeadModel
+    all load.
 
     The directory appears whole or not at all: it is written under a temporary name and renamed.
     """
@@ -159,5 +167,20 @@ def save_pretrained(model, directory, tokenizer) -> Path:
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         safetensors.save_file({k: v.detach().float().cpu() for k, v in state.items()}, tmp / "model.safetensors")
-        save_tokenizer_files(tokenizer, tmp)
+        if tokenizer is not None:
+            save_tokenizer_files(tokenizer, tmp)
     return directory
+
+
+def loading_peak_rss(directory) -> tuple[int, int]:
+    """What loading costs in memory: (the peak RSS of a fresh interpreter that loads `directory` and runs a token
+    through it, the same for a GPT-2 of a few KB), in bytes. Interpreter, torch and code paths are in both, so the
+    difference is what the checkpoint's size costs; both first call reuse_freed_memory, as train.py and sample.py do.
+    """
+    from model.gpt import GPT
+    load = ("from common.memory import reuse_freed_memory; reuse_freed_memory()\n"
+            "import torch; from model import GPT\n"
+            "with torch.no_grad(): GPT.from_pretrained({!r})(torch.zeros(1, 1, dtype=torch.long))")
+    with tempfile.TemporaryDirectory() as tiny:
+        save_pretrained(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, vocab_size=16, block_size=8)), Path(tiny, "gpt"))
+        return peak_rss(load.format(str(directory))), peak_rss(load.format(str(Path(tiny, "gpt"))))

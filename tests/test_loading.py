@@ -6,7 +6,7 @@ import torch
 from common.errors import UserError
 from hub_checkpoint import random_hf_gpt2, write_checkpoint
 from loopback import FileServer
-from model import GPT
+from model import GPT, GPTConfig
 from model import safetensors as our_safetensors
 from model.tokenizer import from_files, get_tokenizer
 
@@ -47,6 +47,50 @@ def test_hub_keys_include_mask_buffers_that_must_not_shadow_real_biases(tmp_path
     assert "h.0.attn.bias" in keys and "h.0.attn.c_attn.bias" in keys
     ours = GPT.from_pretrained(str(tmp_path))
     torch.testing.assert_close(ours.transformer.h[0].attn.c_attn.bias, hf.transformer.h[0].attn.c_attn.bias)
+
+
+# ---- loading lean: the checkpoint's tensors become the parameters, read in place ---------------------------------
+
+def test_loading_peaks_at_about_the_checkpoint_size(tmp_path, capsys):
+    """Peak RSS of a fresh process that loads a 155 MB checkpoint and runs a token through it, minus the same for a
+    checkpoint of a few KB (so the interpreter, torch and the code paths cancel): at most 1.3x the file's size."""
+    from model.loading import loading_peak_rss, save_pretrained
+    torch.manual_seed(0)
+    save_pretrained(GPT(GPTConfig(n_layer=4, n_head=8, n_embd=512)), tmp_path / "gpt")  # GPT-2's vocabulary
+    size = (tmp_path / "gpt" / "model.safetensors").stat().st_size
+    assert size >= 100e6
+    peak, tiny = loading_peak_rss(tmp_path / "gpt")
+    with capsys.disabled():
+        print(f"\nloading a {size / 2**20:.0f} MiB checkpoint: peak RSS {peak / 2**20:.0f} MiB, {tiny / 2**20:.0f} MiB "
+              f"for a tiny one; the difference is {(peak - tiny) / size:.2f}x the checkpoint")
+    assert peak - tiny <= 1.3 * size
+
+
+def test_a_loaded_model_is_tied_whole_and_in_float32(tmp_path):
+    hf = random_hf_gpt2(**SHAPES[1], seed=4)
+    write_checkpoint(hf, tmp_path)
+    for fmt in ("safetensors", "bin"):
+        if fmt == "bin":
+            write_checkpoint(hf.half(), tmp_path, fmt="bin")  # a float16 save becomes float32, as the model is built
+            (tmp_path / "model.safetensors").unlink()
+        ours = GPT.from_pretrained(str(tmp_path))
+        assert ours.lm_head.weight is ours.transformer.wte.weight
+        tensors = list(ours.parameters()) + list(ours.buffers())
+        assert all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+    torch.testing.assert_close(ours.transformer.h[1].mlp.c_fc.weight, hf.transformer.h[1].mlp.c_fc.weight.t().float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_reading_a_matrix_transposed_in_slices(tmp_path, monkeypatch, dtype):
+    monkeypatch.setattr(our_safetensors, "SLICE", 40)  # 40 bytes of rows at a time: several slices, the last one short
+    tensors = {"m": (torch.randn(7, 3) * 100).to(dtype), "row": torch.randn(5).to(dtype),
+               "wide": (torch.randn(2, 30) * 100).to(dtype), "empty": torch.zeros(0, 4, dtype=dtype)}
+    our_safetensors.save_file(tensors, tmp_path / "x.safetensors")
+    for name, read in our_safetensors.iter_file(tmp_path / "x.safetensors"):
+        assert torch.equal(read(), tensors[name])
+        transposed = read(transpose=True)
+        assert transposed.is_contiguous() and torch.equal(transposed, tensors[name].t() if tensors[name].dim() == 2
+                                                          else tensors[name])
 
 
 # ---- errors a user can make or meet -------------------------------------------------------------------
