@@ -5,6 +5,7 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import quote
 
 import torch
 
@@ -17,6 +18,9 @@ from model.gpt import GPTConfig
 from model.tokenizer import save_tokenizer_files
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+HUB_OWNER = "openai-community"  # where the hub keeps these repositories now; the bare names still lead there
+REVISION = re.compile(r"[\w.-]+(/[\w.-]+)*")  # a branch, tag or commit, as git spells them
+COMMIT = re.compile(r"[0-9a-f]{40}")
 HUB_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # old saves' causal-mask buffers, not weights
@@ -34,22 +38,73 @@ def load_pretrained(cls, name_or_dir: str, cache_root=None):
 
 
 def checkpoint_dir(name_or_dir: str, cache_root=None) -> Path:
-    """A directory holding the checkpoint: the one given, or the hub's files fetched once into the cache.
+    """A directory holding the checkpoint: the one given; for a hub name (gpt2 ... gpt2-xl, or the hub's own
+    openai-community/gpt2 ..., either optionally @revision: a branch, tag or commit) its snapshot in the Hugging Face
+    cache, else its files in our cache, fetched from the hub once.
 
-    cache_root (or $PREFIX_TUNING_CACHE) moves the cache; $HF_ENDPOINT moves the hub, as its clients allow.
+    cache_root (or $PREFIX_TUNING_CACHE) moves our cache. As with the hub's own clients, $HF_HUB_CACHE or $HF_HOME
+    move the Hugging Face cache, $HF_ENDPOINT the hub, $HF_TOKEN is sent as a bearer token, and $HF_HUB_OFFLINE=1
+    forbids the network.
     """
     path = Path(name_or_dir)
     if path.is_dir():
         return path
-    if name_or_dir not in HUB_NAMES:
-        raise UserError(f"{name_or_dir!r} is neither a checkpoint directory nor one of {', '.join(HUB_NAMES)}")
-    target = Path(cache_root, name_or_dir) if cache_root else cache_dir("models", name_or_dir)
+    repo, at, revision = name_or_dir.partition("@")
+    name = repo.removeprefix(f"{HUB_OWNER}/")
+    if name not in HUB_NAMES or at and not (REVISION.fullmatch(revision) and ".." not in revision):
+        raise UserError(f"{name_or_dir!r} is neither a checkpoint directory nor one of {', '.join(HUB_NAMES)} (or "
+                        f"{HUB_OWNER}/gpt2 and so on), optionally followed by @revision (a branch, tag or commit)")
+    revision = revision or "main"
+    snapshot = hf_cache_snapshot(repo, revision)
+    if snapshot is not None:
+        return snapshot
+    folder = name if revision == "main" else f"{name}@{revision.replace('/', '--')}"
+    target = Path(cache_root, folder) if cache_root else cache_dir("models", folder)
+    if all((target / file).exists() for file in HUB_FILES):
+        return target
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):  # huggingface_hub's spellings
+        raise UserError(f"HF_HUB_OFFLINE is set and {name_or_dir} is in neither the Hugging Face cache ({hf_cache()}) "
+                        f"nor {target}; unset HF_HUB_OFFLINE to download it, or pass a checkpoint directory "
+                        f"(--init_from path/to/{name})")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    hint = (f"without a network, download {', '.join(HUB_FILES)} of {name_or_dir} elsewhere and pass "
-            f"their directory instead (--init_from path/to/{name_or_dir}), or copy them into {target}")
+    token = os.environ.get("HF_TOKEN")
+    hint = (f"without a network, download {', '.join(HUB_FILES)} of {name} elsewhere and pass "
+            f"their directory instead (--init_from path/to/{name}), or copy them into {target}")
     for file in HUB_FILES:
-        download(f"{endpoint}/{name_or_dir}/resolve/main/{file}", target / file, f"{name_or_dir} {file}", hint)
+        download(f"{endpoint}/{repo}/resolve/{quote(revision, safe='')}/{file}", target / file,
+                 f"{name_or_dir} {file}", hint, {"Authorization": f"Bearer {token}"} if token else None)
     return target
+
+
+def hf_cache() -> Path:
+    """The Hugging Face hub's cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub (with
+    $XDG_CACHE_HOME for ~/.cache when it is set), as huggingface_hub finds it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home, "hub").expanduser()
+
+
+def hf_cache_snapshot(repo: str, revision: str) -> Path | None:
+    """The snapshot of a GPT-2 repository at `revision` in the Hugging Face cache, under the name given or the other
+    name the hub knows it by, if it holds a config and weights.
+
+    huggingface_hub keeps models--<owner>--<name>/snapshots/<commit>/ (links into blobs/) and refs/<branch or tag>,
+    a file holding the commit.
+    """
+    name = repo.removeprefix(f"{HUB_OWNER}/")
+    for folder in dict.fromkeys((repo, name, f"{HUB_OWNER}/{name}")):
+        models = hf_cache() / f"models--{folder.replace('/', '--')}"
+        ref = models / "refs" / revision
+        try:
+            commit = revision if COMMIT.fullmatch(revision) else ref.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):  # no such branch or tag cached (or an unreadable ref)
+            continue
+        snapshot = models / "snapshots" / commit
+        if COMMIT.fullmatch(commit) and (snapshot / "config.json").is_file() \
+                and any((snapshot / weights).is_file() for weights in ("model.safetensors", "pytorch_model.bin")):
+            return snapshot
+    return None
 
 
 # config.json's sizes: positive integers up to these caps (GPT-2 xl is 48 layers of 25 heads, width 1600), so a

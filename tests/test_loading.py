@@ -1,13 +1,17 @@
-"""GPT.from_pretrained: hub layouts and formats, errors, the download path (loopback hub), tokenizer."""
+"""GPT.from_pretrained: hub layouts and formats, lean loading, errors, the Hugging Face cache and the download path
+(loopback hub), tokenizer."""
+from pathlib import Path
+
 import pytest
 import safetensors.torch
 import torch
 
 from common.errors import UserError
-from hub_checkpoint import random_hf_gpt2, write_checkpoint
+from hub_checkpoint import hf_cache_entry, random_hf_gpt2, write_checkpoint
 from loopback import FileServer
 from model import GPT, GPTConfig
 from model import safetensors as our_safetensors
+from model.loading import checkpoint_dir, hf_cache
 from model.tokenizer import from_files, get_tokenizer
 
 SHAPES = [dict(n_layer=2, n_head=3, n_embd=24), dict(n_layer=3, n_head=5, n_embd=40),
@@ -241,6 +245,127 @@ def test_missing_file_on_the_hub(hub, tmp_path):
     (server.root / "gpt2" / "resolve" / "main" / "merges.txt").unlink()
     with pytest.raises(UserError, match="could not download gpt2 merges.txt"):
         GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
+
+
+# ---- the Hugging Face cache and the hub's variables ----------------------------------------------------------
+
+COMMIT, OTHER_COMMIT = "8bd2a0f6d9b5a6b2d2d0f3c2b4e5e6f7a8b9c0d1", "0f1e2d3c4b5a69788796a5b4c3d2e1f001234567"
+
+
+@pytest.fixture
+def hf(tmp_path, monkeypatch):
+    """An empty Hugging Face cache at $HF_HUB_CACHE, and a loopback hub at $HF_ENDPOINT that records requests."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    server = FileServer(tmp_path / "hub")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield tmp_path / "hf-cache", server
+    server.stop()
+
+
+def on_the_hub(server, repo: str, revision: str, model) -> None:
+    """Serve `model`'s checkpoint as the hub does at <repo>/resolve/<revision>/, with stand-in tokenizer files."""
+    directory = write_checkpoint(model, server.root / repo / "resolve" / revision)
+    for name in ("vocab.json", "merges.txt"):
+        (directory / name).write_text("not read when only the model loads")
+
+
+def test_the_hugging_face_cache_serves_either_name_offline(hf, tmp_path, monkeypatch):
+    cache, server = hf
+    model = random_hf_gpt2(seed=7)
+    snapshot = hf_cache_entry(cache, "openai-community/gpt2", write_checkpoint(model, tmp_path / "files"), COMMIT)
+    huggingface_hub = pytest.importorskip("huggingface_hub")  # the library itself reads our fake cache as its own
+    found = huggingface_hub.try_to_load_from_cache("openai-community/gpt2", "model.safetensors", cache_dir=cache)
+    assert Path(found) == snapshot / "model.safetensors" and (snapshot / "model.safetensors").is_symlink()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("gpt2", "openai-community/gpt2", f"gpt2@{COMMIT}"):
+        assert checkpoint_dir(name) == snapshot
+        assert_same_logits(GPT.from_pretrained(name), model)
+    assert server.requests == []
+
+
+def test_a_revision_picks_its_snapshot_or_downloads_it_on_its_own(hf, tmp_path):
+    cache, server = hf
+    main, tagged = random_hf_gpt2(seed=1), random_hf_gpt2(seed=2)
+    hf_cache_entry(cache, "gpt2", write_checkpoint(main, tmp_path / "main"), COMMIT)
+    hf_cache_entry(cache, "gpt2", write_checkpoint(tagged, tmp_path / "tagged"), OTHER_COMMIT, refs=("v2",))
+    assert_same_logits(GPT.from_pretrained("gpt2"), main)
+    assert_same_logits(GPT.from_pretrained("openai-community/gpt2@v2"), tagged)
+    assert_same_logits(GPT.from_pretrained(f"gpt2@{OTHER_COMMIT}"), tagged)
+    assert server.requests == []
+    on_the_hub(server, "gpt2", "v3", random_hf_gpt2(seed=3))  # not cached: fetched into our cache, beside main's
+    assert_same_logits(GPT.from_pretrained("gpt2@v3", cache_dir=tmp_path / "ours"), random_hf_gpt2(seed=3))
+    assert "/gpt2/resolve/v3/model.safetensors" in server.requests
+    assert (tmp_path / "ours" / "gpt2@v3" / "model.safetensors").is_file()
+
+
+def test_an_incomplete_snapshot_is_passed_over(hf, tmp_path):
+    cache, server = hf
+    snapshot = hf_cache_entry(cache, "gpt2", write_checkpoint(random_hf_gpt2(seed=1), tmp_path / "files"), COMMIT)
+    (snapshot / "model.safetensors").resolve().unlink()  # an interrupted download: the link points at nothing
+    model = random_hf_gpt2(seed=5)
+    on_the_hub(server, "openai-community/gpt2-medium", "main", model)
+    on_the_hub(server, "gpt2", "main", model)
+    assert_same_logits(GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours"), model)
+    assert_same_logits(GPT.from_pretrained("openai-community/gpt2-medium", cache_dir=tmp_path / "ours"), model)
+    assert {"/gpt2/resolve/main/model.safetensors", "/openai-community/gpt2-medium/resolve/main/config.json"} \
+        <= set(server.requests)
+
+
+def test_offline_never_touches_the_network_and_says_so_in_one_sentence(hf, tmp_path, monkeypatch):
+    cache, server = hf
+    model = random_hf_gpt2(seed=6)
+    on_the_hub(server, "gpt2", "main", model)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as error:
+        GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours")
+    message = str(error.value)
+    assert message.startswith("HF_HUB_OFFLINE is set and gpt2 is in neither the Hugging Face cache")
+    assert str(cache) in message and "--init_from path/to/gpt2" in message
+    assert message.count(". ") == 0 and "\n" not in message
+    assert server.requests == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours")  # online once, into our cache
+    requests = len(server.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert_same_logits(GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours"), model)
+    assert len(server.requests) == requests
+
+
+@pytest.mark.parametrize("token", ["hf_secret123", None])
+def test_hf_token_is_sent_as_a_bearer_header(hf, tmp_path, monkeypatch, token):
+    _, server = hf
+    on_the_hub(server, "gpt2", "main", random_hf_gpt2())
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours")
+    assert len(server.request_headers) == 4
+    assert [h.get("Authorization") for h in server.request_headers] == [token and f"Bearer {token}"] * 4
+
+
+@pytest.mark.parametrize("name", ["openai-community/gpt3", "someone/gpt2", "gpt2@", "gpt2@../../etc", "gpt2@a b"])
+def test_names_outside_the_hub_gpt2s_are_refused(name):
+    with pytest.raises(UserError, match="neither a checkpoint directory nor one of gpt2"):
+        GPT.from_pretrained(name)
+
+
+def test_the_cache_is_where_huggingface_hub_looks(tmp_path, monkeypatch):
+    """$HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub: the
+    library's own answer, asked in a fresh process (it reads the environment once, on import)."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("huggingface_hub")
+    settings = [{"HF_HUB_CACHE": tmp_path / "a"}, {"HF_HOME": tmp_path / "b"}, {"XDG_CACHE_HOME": tmp_path / "c"},
+                {"HOME": tmp_path / "d"}]
+    for setting in settings:
+        for name in ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HUGGINGFACE_HUB_CACHE"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in setting.items():
+            monkeypatch.setenv(name, str(value))
+        theirs = subprocess.run([sys.executable, "-c", "from huggingface_hub import constants; "
+                                 "print(constants.HF_HUB_CACHE)"], capture_output=True, text=True, env=os.environ,
+                                check=True).stdout.strip()
+        assert hf_cache() == Path(theirs), setting
 
 
 class socket_closed_port:
