@@ -4,6 +4,7 @@
     python bench.py --compare peft     # the same work in transformers + PEFT, processes alternating A B A B
     python bench.py --quick            # a tiny model and a few iterations: checks that everything runs
     python bench.py --full_weights     # full-weight training of our GPT instead (no prefix, no PEFT side)
+    python bench.py --loading          # the peak RSS of loading a checkpoint of the model's shape instead
 
 Speed does not depend on the weights' values, so both models are random and nothing is downloaded.
   training step  forward, backward and AdamW on the prefix (P' and its MLP), the GPT frozen, the loss on the
@@ -31,6 +32,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from importlib.util import find_spec
@@ -44,6 +46,7 @@ from common.memory import reuse_freed_memory
 from model import GPT, GPTConfig
 from model.generate import beam_search, generate
 from model.linear import onednn_matmul_t, takes_onednn
+from model.loading import loading_peak_rss, save_pretrained
 from prefix import PrefixTuning, freeze
 
 # --quick: defaults for a tiny model and a few iterations (flags given explicitly still win)
@@ -63,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="processes per side with --compare")
     p.add_argument("--full_weights", action="store_true",
                    help="time full-weight training of our GPT instead (every weight trains; no prefix, no decoding)")
+    p.add_argument("--loading", action="store_true", help="measure loading instead: the peak RSS of a fresh process "
+                   "that loads a checkpoint of the model's shape (random weights, Hugging Face layout)")
     g = p.add_argument_group("the model (random weights; GPT-2 small by default)")
     g.add_argument("--n_layer", type=int, default=12, help="blocks")
     g.add_argument("--n_head", type=int, default=12, help="attention heads")
@@ -272,6 +277,18 @@ def measure_full_weights(args) -> dict:
                 memory_mib=None if memory is None else memory / 2 ** 20, machine=machine(device, dtype))
 
 
+def measure_loading(args) -> str:
+    """The peak RSS of loading a checkpoint of the model's shape in a fresh process, above that of loading one of a few
+    KB (model/loading.py: loading_peak_rss), against the checkpoint's size."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = save_pretrained(GPT(model_config(args)), Path(tmp, "gpt"))
+        size = (checkpoint / "model.safetensors").stat().st_size
+        peak, tiny = loading_peak_rss(checkpoint)
+    return (f"loading a {size / 2**20:,.0f} MiB checkpoint ({args.n_layer} layers, {args.n_embd} wide, vocab "
+            f"{args.vocab_size}, random weights): peak RSS {peak / 2**20:,.0f} MiB against {tiny / 2**20:,.0f} MiB "
+            f"for one of a few KB, a difference of {(peak - tiny) / size:.2f}x the checkpoint's size")
+
+
 def measure_training(args, train_step, device) -> tuple[float, int | None]:
     """Seconds per step (the median of --steps after --warmup) and the peak memory the steps add."""
     baseline = memory_baseline(device)
@@ -441,6 +458,9 @@ def run_side(side: str, argv: list[str]) -> dict:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.loading:
+        print(measure_loading(args))
+        return
     if args.full_weights:
         m = measure_full_weights(args)
         print(json.dumps(m) if args.json else report_full_weights(args, m))

@@ -35,6 +35,7 @@ from model.loading import checkpoint_dir
 from model.tokenizer import get_tokenizer
 from prefix import build_prefix, load_prefix, prefix_metadata
 from prefix.artifact import read_training_checkpoint, restore_training_state
+from prefix.peft_format import load_peft_adapter, peft_base_model
 
 NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, one text is one line
 # transformers 3's clean_up_tokenization, in its order: the authors decode with clean_up_tokenization_spaces=True
@@ -48,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--prefix", default="final", choices=["final", "best"],
                    help="the run's export at the end of training (as the authors decode) or at its best val loss")
     p.add_argument("--init_from", default=None, help="the base GPT-2 (default: the one the prefix was trained on)")
+    p.add_argument("--peft_adapter", default=None, help="decode with this HF PEFT prefix-tuning adapter (a directory) "
+                   "instead of a run's prefix; the base GPT-2 is the one it names, or --init_from")
     p.add_argument("--start", default=None, help='a table, or "FILE:path" with one table per line')
     p.add_argument("--split", default=None, choices=SPLITS, help="decode a dataset split and score it")
     p.add_argument("--hypotheses", default=None, help="with --split: score this file's texts (line i for table i) "
@@ -105,6 +108,8 @@ def find_run(args) -> tuple[Path | None, dict | None, dict]:
     """The export --prefix names (None: decode ckpt.pt, the latest state of a run that has not finished), the
     training checkpoint (None when there is none), and the run's settings (ckpt.pt's, else what the export records).
     """
+    if args.peft_adapter:
+        return load_peft_adapter_run(args, device)
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise UserError(f"there is no training run at {out_dir}; train one with train.py --out_dir {out_dir}")
@@ -165,6 +170,15 @@ def load_method(args, export: Path | None, checkpoint: dict | None, trained: dic
         restore_training_state(Path(args.out_dir) / "ckpt.pt", checkpoint, method)
         method = method.export() if mode == "prefix" else method.requires_grad_(False).eval()
     return gpt, method.to(device), get_tokenizer(directory)
+
+
+def load_peft_adapter_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
+    """What load_run returns, for a PEFT prefix-tuning adapter on the GPT-2 it names (or --init_from)."""
+    base = args.init_from or peft_base_model(args.peft_adapter)
+    directory = checkpoint_dir(base)
+    gpt = GPT.from_pretrained(str(directory)).to(device).requires_grad_(False)
+    prefix = load_peft_adapter(args.peft_adapter, gpt.config).to(device)
+    return gpt, prefix, get_tokenizer(directory), {"init_from": base}
 
 
 @torch.no_grad()

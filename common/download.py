@@ -10,18 +10,22 @@ from common.errors import UserError
 from common.files import atomic_path
 
 
-def download(url: str, path, what: str, offline_hint: str) -> Path:
+def download(url: str, path, what: str, offline_hint: str, headers: dict[str, str] | None = None) -> Path:
     """Fetch `url` to `path` unless it is already there; return `path`.
 
     A file under its final name is always complete: bytes go to a temporary name, their count is checked
     against the Content-Length the server announced, and only then is the file renamed. `what` names the
-    thing in messages; `offline_hint` says how to supply it without a network.
+    thing in messages; `offline_hint` says how to supply it without a network. `headers` go with the request to
+    `url` only, never with a redirect (so a token is not handed to the host it leads to).
     """
     path = Path(path)
     if path.exists():
         return path
+    request = urllib.request.Request(url)
+    for name, value in (headers or {}).items():
+        request.add_unredirected_header(name, value)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
+        with urllib.request.urlopen(request, timeout=60) as response, atomic_path(path) as tmp:
             expected = int(response.headers.get("Content-Length", -1))
             received = _copy_with_progress(response, tmp, expected, what)
             if expected >= 0 and received != expected:

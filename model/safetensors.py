@@ -11,7 +11,9 @@ import json
 import math
 import os
 import struct
+from functools import partial
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -25,17 +27,24 @@ NAMES = {dtype: name for name, dtype in DTYPES.items()}
 FIELDS = {"dtype", "shape", "data_offsets"}
 MAX_HEADER = 100_000_000  # bytes; the official implementation's cap, so a damaged length cannot ask for gigabytes
 METADATA = "__metadata__"
+SLICE = 1 << 20  # bytes of rows read at a time into a matrix that is read transposed
 
 
 def load_file(path) -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors file, checked against the format; a damaged file is a UserError."""
+    return {name: read() for name, read in iter_file(path)}
+
+
+def iter_file(path) -> Iterator[tuple[str, Callable[..., torch.Tensor]]]:
+    """(name, read) for each tensor of a checked .safetensors file, in the file's order: read() reads the tensor
+    straight into memory of its own (no copy of the file is made), read(transpose=True) a matrix's transpose, a
+    slice of rows at a time. A caller reads only what it keeps, and never holds more than that."""
     path = Path(path)
     with _open(path) as f:
-        header, data_size = _read_header(path, f)
-        data = bytearray(data_size)  # the data alone, read once; the tensors are views of it
-        if f.readinto(data) != data_size:
-            raise UserError(f"{path} changed while it was read; read it again when nothing is writing it")
-    return {name: _tensor(data, info) for name, info in header.items()}
+        header, _ = _read_header(path, f)
+        data_start = f.tell()
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
+            yield name, partial(_read_tensor, path, f, data_start + info["data_offsets"][0], info)
 
 
 def load_metadata(path) -> dict[str, str]:
@@ -140,12 +149,29 @@ def _entry_problem(info) -> str | None:
     return None
 
 
-def _tensor(data: bytearray, info: dict) -> torch.Tensor:
-    begin, end = info["data_offsets"]
-    dtype = DTYPES[info["dtype"]]
-    if begin == end:
-        return torch.empty(info["shape"], dtype=dtype)
-    return torch.frombuffer(data, dtype=torch.uint8, count=end - begin, offset=begin).view(dtype).reshape(info["shape"])
+def _read_tensor(path: Path, f, offset: int, info: dict, transpose: bool = False) -> torch.Tensor:
+    """The tensor whose bytes start at `offset` of the file; with `transpose`, a matrix as its transpose, read in
+    slices of rows into one small buffer (a matrix read whole, then transposed, would be held twice)."""
+    dtype, shape = DTYPES[info["dtype"]], info["shape"]
+    f.seek(offset)
+    if not (transpose and len(shape) == 2):
+        return _fill(path, f, torch.empty(shape, dtype=dtype))
+    rows, cols = shape
+    tensor = torch.empty(cols, rows, dtype=dtype)
+    step = max(1, SLICE // max(1, cols * dtype.itemsize))
+    buffer = torch.empty(min(step, rows), cols, dtype=dtype)
+    for first in range(0, rows, step):
+        part = _fill(path, f, buffer[:min(step, rows - first)])
+        tensor[:, first:first + part.size(0)] = part.t()
+    return tensor
+
+
+def _fill(path: Path, f, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` (contiguous) with the next bytes of `f`."""
+    size = tensor.numel() * tensor.element_size()
+    if size and f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != size:
+        raise UserError(f"{path} changed while it was read; read it again when nothing is writing it")
+    return tensor
 
 
 def _naturals(value) -> bool:

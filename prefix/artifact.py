@@ -39,8 +39,9 @@ def prefix_metadata(path) -> dict[str, str]:
     return metadata
 
 
-def load_prefix(path, config: GPTConfig) -> PrefixTuning:
-    """An exported prefix, frozen, checked against the GPT it will steer."""
+def load_prefix(path, config: GPTConfig | None = None) -> PrefixTuning:
+    """An exported prefix, frozen, checked against the GPT it will steer (None: the GPT shape it names, to convert
+    it without its GPT)."""
     meta = prefix_metadata(path)
     missing = [key for key in ("base_model", "n_layer", "n_head", "n_embd", "prefix_len", "placement", "positions")
                if key not in meta]
@@ -51,6 +52,10 @@ def load_prefix(path, config: GPTConfig) -> PrefixTuning:
             raise UserError(f"{path} is damaged: its metadata's {key} is {meta[key][:40]!r}, not one of "
                             f"{', '.join(allowed)}")
     trained_for = tuple(_count(path, meta, key) for key in ("n_layer", "n_head", "n_embd"))
+    if config is None:
+        if trained_for[2] % trained_for[1]:
+            raise UserError(f"{path} is damaged: its metadata's n_embd is no multiple of its n_head")
+        config = GPTConfig(*trained_for)
     if trained_for != (config.n_layer, config.n_head, config.n_embd):
         raise UserError(f"{path} was trained for {meta['base_model']} ({describe(*trained_for)}), but this model "
                         f"has {describe(config.n_layer, config.n_head, config.n_embd)}; load it with "

@@ -3,14 +3,19 @@
 PEFT stores the projected prefix P (num_virtual_tokens × num_layers·2·token_dim) in the same row layout as
 ours, so an exported prefix converts both ways without touching the numbers. PEFT keeps only P, which is
 why a PEFT adapter can steer a model but cannot resume training with the MLP.
+
+    python -m prefix.peft_format export out/ adapter_dir/      # a run's exported prefix as a PEFT adapter
+    python sample.py --peft_adapter adapter_dir/ --start "..."  # decode with a PEFT adapter
 """
 import json
 from pathlib import Path
 
-from common.errors import UserError
+from common.cli import ArgumentParser
+from common.errors import UserError, exit_on_user_error
 from common.files import atomic_path
 from model import safetensors
 from model.gpt import GPTConfig
+from prefix.artifact import load_prefix, prefix_metadata
 from prefix.tuning import PrefixTuning
 
 SIZES = ("num_layers", "num_attention_heads", "token_dim", "num_virtual_tokens")  # positive integers
@@ -30,17 +35,32 @@ def save_peft_adapter(prefix: PrefixTuning, directory, base_model: str) -> None:
         tmp.write_text(json.dumps(config, indent=2))
 
 
+def export_run(out_dir, adapter_dir, which: str = "best") -> Path:
+    """Save a training run's exported prefix (prefix_best.safetensors, or prefix.safetensors for which="final"; the
+    other when that one is missing) as a PEFT adapter for the base model it was trained on."""
+    out_dir = Path(out_dir)
+    order = ("_best", "") if which == "best" else ("", "_best")
+    path = next((out_dir / f"prefix{w}.safetensors" for w in order if (out_dir / f"prefix{w}.safetensors").is_file()),
+                None)
+    if path is None:
+        raise UserError(f"{out_dir} holds no exported prefix (prefix_best.safetensors or prefix.safetensors); "
+                        f"train.py writes them at its evaluations")
+    save_peft_adapter(load_prefix(path), adapter_dir, base_model=prefix_metadata(path)["base_model"])
+    return path
+
+
+def peft_base_model(directory) -> str:
+    """The base model a PEFT adapter was trained on (its base_model_name_or_path)."""
+    base = _read_config(Path(directory)).get("base_model_name_or_path")
+    if not (isinstance(base, str) and base):
+        raise UserError(f"{directory}/adapter_config.json names no base model; give it with --init_from")
+    return base
+
+
 def load_peft_adapter(directory, config: GPTConfig) -> PrefixTuning:
     directory = Path(directory)
     path = directory / "adapter_config.json"
-    try:
-        peft = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # missing, unreadable, not UTF-8, not JSON
-        raise UserError(f"{directory} holds no readable adapter_config.json") from None
-    if not isinstance(peft, dict):
-        raise UserError(f"{path} is a JSON {type(peft).__name__}, not an object of the adapter's settings")
-    if peft.get("peft_type") != "PREFIX_TUNING":
-        raise UserError(f"{directory} is a {str(peft.get('peft_type'))[:40]} adapter, not PREFIX_TUNING")
+    peft = _read_config(directory)
     missing = [key for key in SIZES if key not in peft]
     if missing:
         raise UserError(f"{directory}/adapter_config.json lacks {', '.join(missing)}")
@@ -58,3 +78,33 @@ def load_peft_adapter(directory, config: GPTConfig) -> PrefixTuning:
         raise UserError(f"{directory}/adapter_model.safetensors holds no prompt_embeddings of the projected "
                         f"prefix's shape {expected} alone, in floating point")
     return PrefixTuning.holding(config, P)
+
+
+def _read_config(directory: Path) -> dict:
+    """A PEFT prefix-tuning adapter's adapter_config.json."""
+    path = directory / "adapter_config.json"
+    try:
+        peft = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not UTF-8, not JSON
+        raise UserError(f"{directory} holds no readable adapter_config.json") from None
+    if not isinstance(peft, dict):
+        raise UserError(f"{path} is a JSON {type(peft).__name__}, not an object of the adapter's settings")
+    if peft.get("peft_type") != "PREFIX_TUNING":
+        raise UserError(f"{directory} is a {str(peft.get('peft_type'))[:40]} adapter, not PREFIX_TUNING")
+    return peft
+
+
+@exit_on_user_error
+def main(argv=None):
+    p = ArgumentParser(description="Export a training run's prefix as a HF PEFT prefix-tuning adapter.")
+    p.add_argument("command", choices=["export"], help="what to do (export is the one command)")
+    p.add_argument("out_dir", help="the training run (train.py's --out_dir)")
+    p.add_argument("adapter_dir", help="where the adapter goes (adapter_config.json, adapter_model.safetensors)")
+    p.add_argument("--prefix", default="best", choices=["best", "final"], help="which export of the run")
+    args = p.parse_args(argv)
+    path = export_run(args.out_dir, args.adapter_dir, args.prefix)
+    print(f"wrote {args.adapter_dir} (a PEFT prefix-tuning adapter) from {path}")
+
+
+if __name__ == "__main__":
+    main()

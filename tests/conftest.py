@@ -35,8 +35,12 @@ def on_device(module, device):
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory):
-    """Downloads and tokenized data go to a temporary cache, never the user's."""
+    """Downloads and tokenized data go to a temporary cache, never the user's; the user's Hugging Face cache, token
+    and offline setting are out of sight."""
     os.environ["PREFIX_TUNING_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["HF_HUB_CACHE"] = str(tmp_path_factory.mktemp("hf-hub-cache"))
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+        os.environ.pop(name, None)
     if SHARED.is_dir():
         os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken-cache"))
 

@@ -68,3 +68,25 @@ def write_tiny_gpt2(directory, tokenizer_dir=None) -> Path:
             if p.dim() > 1:
                 p.mul_(10)
     return write_checkpoint(hf, directory, tokenizer_dir=tokenizer_dir)
+
+
+def hf_cache_entry(cache, repo: str, files, commit: str, refs=("main",)) -> Path:
+    """Put the files of the directory `files` into the Hugging Face cache `cache` at `commit` as huggingface_hub
+    does, and return the snapshot: models--<owner>--<name>/blobs/<the file's hash> (sha256 for the weights, which
+    the hub keeps in git LFS; git's blob sha1 for the rest), snapshots/<commit>/<file> -> ../../blobs/<hash>, and
+    refs/<ref> holding the commit for each ref."""
+    import hashlib
+    models = Path(cache) / f"models--{repo.replace('/', '--')}"
+    snapshot = models / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (models / "blobs").mkdir(exist_ok=True)
+    for file in sorted(Path(files).iterdir()):
+        data = file.read_bytes()
+        blob = (hashlib.sha256(data) if file.suffix in (".safetensors", ".bin")
+                else hashlib.sha1(b"blob %d\0" % len(data) + data)).hexdigest()
+        (models / "blobs" / blob).write_bytes(data)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob))
+    for ref in refs:
+        (models / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (models / "refs" / ref).write_text(commit)
+    return snapshot

@@ -1,4 +1,6 @@
-"""A file server on 127.0.0.1 for download tests: serves <root>/<url path>; files named in `cut` stop halfway."""
+"""A file server on 127.0.0.1 for download tests: serves <root>/<url path>; files named in `cut` stop halfway.
+
+It records each request's path (`requests`) and headers (`request_headers`)."""
 import http.server
 import threading
 from pathlib import Path
@@ -6,12 +8,13 @@ from pathlib import Path
 
 class FileServer:
     def __init__(self, root: Path):
-        self.root, self.cut, self.requests = Path(root), set(), []
+        self.root, self.cut, self.requests, self.request_headers = Path(root), set(), [], []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests.append(self.path)
+                server.request_headers.append(dict(self.headers))
                 path = server.root / self.path.lstrip("/")
                 if not path.is_file():
                     self.send_error(404)

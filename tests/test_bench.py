@@ -53,6 +53,12 @@ def test_full_weights_prints_the_training_rows_only():
     assert "decoding" not in out and "targets:" not in out
 
 
+def test_loading_prints_the_peak_rss_of_loading_a_checkpoint_of_the_models_shape():
+    out = run("--loading")
+    assert out.startswith("loading a ") and "(2 layers, 64 wide, vocab 512, random weights): peak RSS " in out
+    assert out.rstrip().endswith("x the checkpoint's size") and "training" not in out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_compare_peft_runs_both_sides_and_prints_the_ratios(device):
     pytest.importorskip("peft")

@@ -1,13 +1,17 @@
-"""GPT.from_pretrained: hub layouts and formats, errors, the download path (loopback hub), tokenizer."""
+"""GPT.from_pretrained: hub layouts and formats, lean loading, errors, the Hugging Face cache and the download path
+(loopback hub), tokenizer."""
+from pathlib import Path
+
 import pytest
 import safetensors.torch
 import torch
 
 from common.errors import UserError
-from hub_checkpoint import random_hf_gpt2, write_checkpoint
+from hub_checkpoint import hf_cache_entry, random_hf_gpt2, write_checkpoint
 from loopback import FileServer
-from model import GPT
+from model import GPT, GPTConfig
 from model import safetensors as our_safetensors
+from model.loading import checkpoint_dir, hf_cache
 from model.tokenizer import from_files, get_tokenizer
 
 SHAPES = [dict(n_layer=2, n_head=3, n_embd=24), dict(n_layer=3, n_head=5, n_embd=40),
@@ -47,6 +51,50 @@ def test_hub_keys_include_mask_buffers_that_must_not_shadow_real_biases(tmp_path
     assert "h.0.attn.bias" in keys and "h.0.attn.c_attn.bias" in keys
     ours = GPT.from_pretrained(str(tmp_path))
     torch.testing.assert_close(ours.transformer.h[0].attn.c_attn.bias, hf.transformer.h[0].attn.c_attn.bias)
+
+
+# ---- loading lean: the checkpoint's tensors become the parameters, read in place ---------------------------------
+
+def test_loading_peaks_at_about_the_checkpoint_size(tmp_path, capsys):
+    """Peak RSS of a fresh process that loads a 155 MB checkpoint and runs a token through it, minus the same for a
+    checkpoint of a few KB (so the interpreter, torch and the code paths cancel): at most 1.3x the file's size."""
+    from model.loading import loading_peak_rss, save_pretrained
+    torch.manual_seed(0)
+    save_pretrained(GPT(GPTConfig(n_layer=4, n_head=8, n_embd=512)), tmp_path / "gpt")  # GPT-2's vocabulary
+    size = (tmp_path / "gpt" / "model.safetensors").stat().st_size
+    assert size >= 100e6
+    peak, tiny = loading_peak_rss(tmp_path / "gpt")
+    with capsys.disabled():
+        print(f"\nloading a {size / 2**20:.0f} MiB checkpoint: peak RSS {peak / 2**20:.0f} MiB, {tiny / 2**20:.0f} MiB "
+              f"for a tiny one; the difference is {(peak - tiny) / size:.2f}x the checkpoint")
+    assert peak - tiny <= 1.3 * size
+
+
+def test_a_loaded_model_is_tied_whole_and_in_float32(tmp_path):
+    hf = random_hf_gpt2(**SHAPES[1], seed=4)
+    write_checkpoint(hf, tmp_path)
+    for fmt in ("safetensors", "bin"):
+        if fmt == "bin":
+            write_checkpoint(hf.half(), tmp_path, fmt="bin")  # a float16 save becomes float32, as the model is built
+            (tmp_path / "model.safetensors").unlink()
+        ours = GPT.from_pretrained(str(tmp_path))
+        assert ours.lm_head.weight is ours.transformer.wte.weight
+        tensors = list(ours.parameters()) + list(ours.buffers())
+        assert all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+    torch.testing.assert_close(ours.transformer.h[1].mlp.c_fc.weight, hf.transformer.h[1].mlp.c_fc.weight.t().float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_reading_a_matrix_transposed_in_slices(tmp_path, monkeypatch, dtype):
+    monkeypatch.setattr(our_safetensors, "SLICE", 40)  # 40 bytes of rows at a time: several slices, the last one short
+    tensors = {"m": (torch.randn(7, 3) * 100).to(dtype), "row": torch.randn(5).to(dtype),
+               "wide": (torch.randn(2, 30) * 100).to(dtype), "empty": torch.zeros(0, 4, dtype=dtype)}
+    our_safetensors.save_file(tensors, tmp_path / "x.safetensors")
+    for name, read in our_safetensors.iter_file(tmp_path / "x.safetensors"):
+        assert torch.equal(read(), tensors[name])
+        transposed = read(transpose=True)
+        assert transposed.is_contiguous() and torch.equal(transposed, tensors[name].t() if tensors[name].dim() == 2
+                                                          else tensors[name])
 
 
 # ---- errors a user can make or meet -------------------------------------------------------------------
@@ -197,6 +245,127 @@ def test_missing_file_on_the_hub(hub, tmp_path):
     (server.root / "gpt2" / "resolve" / "main" / "merges.txt").unlink()
     with pytest.raises(UserError, match="could not download gpt2 merges.txt"):
         GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
+
+
+# ---- the Hugging Face cache and the hub's variables ----------------------------------------------------------
+
+COMMIT, OTHER_COMMIT = "8bd2a0f6d9b5a6b2d2d0f3c2b4e5e6f7a8b9c0d1", "0f1e2d3c4b5a69788796a5b4c3d2e1f001234567"
+
+
+@pytest.fixture
+def hf(tmp_path, monkeypatch):
+    """An empty Hugging Face cache at $HF_HUB_CACHE, and a loopback hub at $HF_ENDPOINT that records requests."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    server = FileServer(tmp_path / "hub")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield tmp_path / "hf-cache", server
+    server.stop()
+
+
+def on_the_hub(server, repo: str, revision: str, model) -> None:
+    """Serve `model`'s checkpoint as the hub does at <repo>/resolve/<revision>/, with stand-in tokenizer files."""
+    directory = write_checkpoint(model, server.root / repo / "resolve" / revision)
+    for name in ("vocab.json", "merges.txt"):
+        (directory / name).write_text("not read when only the model loads")
+
+
+def test_the_hugging_face_cache_serves_either_name_offline(hf, tmp_path, monkeypatch):
+    cache, server = hf
+    model = random_hf_gpt2(seed=7)
+    snapshot = hf_cache_entry(cache, "openai-community/gpt2", write_checkpoint(model, tmp_path / "files"), COMMIT)
+    huggingface_hub = pytest.importorskip("huggingface_hub")  # the library itself reads our fake cache as its own
+    found = huggingface_hub.try_to_load_from_cache("openai-community/gpt2", "model.safetensors", cache_dir=cache)
+    assert Path(found) == snapshot / "model.safetensors" and (snapshot / "model.safetensors").is_symlink()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("gpt2", "openai-community/gpt2", f"gpt2@{COMMIT}"):
+        assert checkpoint_dir(name) == snapshot
+        assert_same_logits(GPT.from_pretrained(name), model)
+    assert server.requests == []
+
+
+def test_a_revision_picks_its_snapshot_or_downloads_it_on_its_own(hf, tmp_path):
+    cache, server = hf
+    main, tagged = random_hf_gpt2(seed=1), random_hf_gpt2(seed=2)
+    hf_cache_entry(cache, "gpt2", write_checkpoint(main, tmp_path / "main"), COMMIT)
+    hf_cache_entry(cache, "gpt2", write_checkpoint(tagged, tmp_path / "tagged"), OTHER_COMMIT, refs=("v2",))
+    assert_same_logits(GPT.from_pretrained("gpt2"), main)
+    assert_same_logits(GPT.from_pretrained("openai-community/gpt2@v2"), tagged)
+    assert_same_logits(GPT.from_pretrained(f"gpt2@{OTHER_COMMIT}"), tagged)
+    assert server.requests == []
+    on_the_hub(server, "gpt2", "v3", random_hf_gpt2(seed=3))  # not cached: fetched into our cache, beside main's
+    assert_same_logits(GPT.from_pretrained("gpt2@v3", cache_dir=tmp_path / "ours"), random_hf_gpt2(seed=3))
+    assert "/gpt2/resolve/v3/model.safetensors" in server.requests
+    assert (tmp_path / "ours" / "gpt2@v3" / "model.safetensors").is_file()
+
+
+def test_an_incomplete_snapshot_is_passed_over(hf, tmp_path):
+    cache, server = hf
+    snapshot = hf_cache_entry(cache, "gpt2", write_checkpoint(random_hf_gpt2(seed=1), tmp_path / "files"), COMMIT)
+    (snapshot / "model.safetensors").resolve().unlink()  # an interrupted download: the link points at nothing
+    model = random_hf_gpt2(seed=5)
+    on_the_hub(server, "openai-community/gpt2-medium", "main", model)
+    on_the_hub(server, "gpt2", "main", model)
+    assert_same_logits(GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours"), model)
+    assert_same_logits(GPT.from_pretrained("openai-community/gpt2-medium", cache_dir=tmp_path / "ours"), model)
+    assert {"/gpt2/resolve/main/model.safetensors", "/openai-community/gpt2-medium/resolve/main/config.json"} \
+        <= set(server.requests)
+
+
+def test_offline_never_touches_the_network_and_says_so_in_one_sentence(hf, tmp_path, monkeypatch):
+    cache, server = hf
+    model = random_hf_gpt2(seed=6)
+    on_the_hub(server, "gpt2", "main", model)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as error:
+        GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours")
+    message = str(error.value)
+    assert message.startswith("HF_HUB_OFFLINE is set and gpt2 is in neither the Hugging Face cache")
+    assert str(cache) in message and "--init_from path/to/gpt2" in message
+    assert message.count(". ") == 0 and "\n" not in message
+    assert server.requests == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours")  # online once, into our cache
+    requests = len(server.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert_same_logits(GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours"), model)
+    assert len(server.requests) == requests
+
+
+@pytest.mark.parametrize("token", ["hf_secret123", None])
+def test_hf_token_is_sent_as_a_bearer_header(hf, tmp_path, monkeypatch, token):
+    _, server = hf
+    on_the_hub(server, "gpt2", "main", random_hf_gpt2())
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    GPT.from_pretrained("gpt2", cache_dir=tmp_path / "ours")
+    assert len(server.request_headers) == 4
+    assert [h.get("Authorization") for h in server.request_headers] == [token and f"Bearer {token}"] * 4
+
+
+@pytest.mark.parametrize("name", ["openai-community/gpt3", "someone/gpt2", "gpt2@", "gpt2@../../etc", "gpt2@a b"])
+def test_names_outside_the_hub_gpt2s_are_refused(name):
+    with pytest.raises(UserError, match="neither a checkpoint directory nor one of gpt2"):
+        GPT.from_pretrained(name)
+
+
+def test_the_cache_is_where_huggingface_hub_looks(tmp_path, monkeypatch):
+    """$HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub: the
+    library's own answer, asked in a fresh process (it reads the environment once, on import)."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("huggingface_hub")
+    settings = [{"HF_HUB_CACHE": tmp_path / "a"}, {"HF_HOME": tmp_path / "b"}, {"XDG_CACHE_HOME": tmp_path / "c"},
+                {"HOME": tmp_path / "d"}]
+    for setting in settings:
+        for name in ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HUGGINGFACE_HUB_CACHE"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in setting.items():
+            monkeypatch.setenv(name, str(value))
+        theirs = subprocess.run([sys.executable, "-c", "from huggingface_hub import constants; "
+                                 "print(constants.HF_HUB_CACHE)"], capture_output=True, text=True, env=os.environ,
+                                check=True).stdout.strip()
+        assert hf_cache() == Path(theirs), setting
 
 
 class socket_closed_port:

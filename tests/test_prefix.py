@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel, PrefixTuningConfig, get_peft_model
 
 from common.errors import UserError
-from conftest import DEVICES, on_device
+from conftest import DEVICES, on_device, run_script
 from hub_checkpoint import random_hf_gpt2, write_checkpoint
 from model import GPT, GPTConfig
 from model.generate import generate
@@ -85,6 +85,37 @@ def test_our_export_runs_in_peft_and_peft_adapters_run_here(hf_and_ours, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(gpt(idx, prefix=loaded(2))[0], trained_in_peft(input_ids=idx).logits,
                                    atol=1e-4, rtol=0)
+
+
+def test_the_export_command_writes_an_adapter_that_the_readmes_three_peft_lines_load(hf_and_ours, tmp_path):
+    from transformers import AutoModelForCausalLM
+    hf, gpt = hf_and_ours
+    base = str(write_checkpoint(hf, tmp_path / "base"))
+    run = tmp_path / "run"
+    run.mkdir()
+    exports = {}
+    for seed, which, name in ((5, "best", "prefix_best.safetensors"), (6, "final", "prefix.safetensors")):
+        torch.manual_seed(seed)
+        exports[which] = PrefixTuning(gpt.config, 4, mid_dim=8).export()
+        save_prefix(exports[which], run / name, base)
+    idx = torch.randint(0, V, (2, 9))
+    for which, prefix in exports.items():
+        result = run_script("-m", "prefix.peft_format", "export", run, tmp_path / which, "--prefix", which)
+        assert result.returncode == 0, result.stderr
+        assert f"wrote {tmp_path / which}" in result.stdout
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(tmp_path / which)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=idx).logits, gpt(idx, prefix=prefix(2))[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant,message", [(None, "holds no exported prefix (prefix_best.safetensors"),
+                                             ("infix", "PEFT only runs prefixes placed before the input")])
+def test_the_export_command_refuses_in_one_sentence(gpt, tmp_path, variant, message):
+    if variant:
+        save_prefix(build_prefix(variant, gpt, 2, 8).export(), tmp_path / "prefix.safetensors", "tiny")
+    result = run_script("-m", "prefix.peft_format", "export", tmp_path, tmp_path / "adapter")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_peft_adapter_for_another_model_is_refused(hf_and_ours, tmp_path):
