@@ -108,8 +108,8 @@ def find_run(args) -> tuple[Path | None, dict | None, dict]:
     """The export --prefix names (None: decode ckpt.pt, the latest state of a run that has not finished), the
     training checkpoint (None when there is none), and the run's settings (ckpt.pt's, else what the export records).
     """
-    if args.peft_adapter:
-        return load_peft_adapter_run(args, device)
+    if args.peft_adapter:  # a PEFT adapter records only the GPT-2 it was made for
+        return Path(args.peft_adapter), None, {"init_from": peft_base_model(args.peft_adapter)}
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise UserError(f"there is no training run at {out_dir}; train one with train.py --out_dir {out_dir}")
@@ -150,6 +150,10 @@ def load_method(args, export: Path | None, checkpoint: dict | None, trained: dic
     The method is the export (a prefix without its MLP, a baseline's tensors applied to the base GPT, or a whole
     fine-tuned GPT), else the state in ckpt.pt.
     """
+    if args.peft_adapter:  # a PEFT prefix-tuning adapter, on the GPT-2 it names (or --init_from)
+        directory = checkpoint_dir(args.init_from or trained["init_from"])
+        gpt = GPT.from_pretrained(str(directory)).to(device).requires_grad_(False)
+        return gpt, load_peft_adapter(args.peft_adapter, gpt.config).to(device), get_tokenizer(directory)
     if export is not None and export.is_dir():  # fine-tuning: a whole GPT-2, no base model needed
         gpt = GPT.from_pretrained(str(export)).to(device).requires_grad_(False)
         return gpt, ChangesTheGPT(gpt), get_tokenizer(export)
@@ -172,13 +176,11 @@ def load_method(args, export: Path | None, checkpoint: dict | None, trained: dic
     return gpt, method.to(device), get_tokenizer(directory)
 
 
-def load_peft_adapter_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
-    """What load_run returns, for a PEFT prefix-tuning adapter on the GPT-2 it names (or --init_from)."""
-    base = args.init_from or peft_base_model(args.peft_adapter)
-    directory = checkpoint_dir(base)
-    gpt = GPT.from_pretrained(str(directory)).to(device).requires_grad_(False)
-    prefix = load_peft_adapter(args.peft_adapter, gpt.config).to(device)
-    return gpt, prefix, get_tokenizer(directory), {"init_from": base}
+def load_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
+    """The GPT, the trained method ready to decode, the tokenizer, and the run's settings: what --out_dir (or
+    --peft_adapter) names."""
+    export, checkpoint, trained = find_run(args)
+    return (*load_method(args, export, checkpoint, trained, device), trained)
 
 
 @torch.no_grad()
