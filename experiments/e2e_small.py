@@ -186,7 +186,8 @@ def _train_and_score(run: Run, budget: Budget, small_lm: Path, e2e_dir: Path, ou
         texts_path = out / "test.txt"
         tables = budget.test_tables if run.group == "main" else budget.sweep_tables
         decode_s = run_script(sample, ["--out_dir", str(out), "--split", "test", "--data_dir", str(e2e_dir),
-                                       "--prefix", "best",  # the protocol: the best of the run's evaluations
+                                       # as the authors: the final prefix, but in low-data runs the best evaluation's
+                                       "--prefix", "best" if run.group == "low-data" else "final",
                                        "--max_examples", str(tables), "--max_new_tokens", str(budget.max_new_tokens),
                                        "--output", str(texts_path), "--no-coco"], out / "sample.log")
         texts = texts_path.read_text(encoding="utf-8").splitlines()
