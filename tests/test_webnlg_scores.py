@@ -146,7 +146,9 @@ def test_sample_prints_the_three_metrics_for_each_category_subset(shared, tmp_pa
     result = run_script("sample.py", "--out_dir", tmp_path / "run", "--split", "test", "--max_examples", "8",
                         "--max_new_tokens", "6", "--num_beams", "2", "--no-coco")
     assert result.returncode == 0, result.stderr
-    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    *lines, written = result.stdout.splitlines()
+    assert written.startswith("texts, references and scores in ")
+    rows = [line.split() for line in lines[1:]]
     assert rows[0] == ["BLEU", "METEOR", "TER"]
     assert [row[0] for row in rows[1:]] == ["seen", "all"]  # the first 8 test tables are all of seen categories
     assert all(row[2] == "-" and float(row[3]) > 0 for row in rows[1:])
