@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -200,8 +201,9 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
         loss_sum, token_loss_sum, n_targets = 0.0, 0.0, 0
         for micro in range(args.grad_accum):
-            idx, targets = train_data.batch(schedule.rows(it, rank, micro))
-            n = int((targets != IGNORE_INDEX).sum())  # counted on the host, before the batch goes to the device
+            rows = schedule.rows(it, rank, micro)
+            idx, targets = train_data.batch(rows)
+            n = train_data.target_count(rows)  # counted on the host: the loop never waits for the device
             idx, targets = (t.to(device, non_blocking=True) for t in (idx, targets))
             # gradients are averaged across processes only after the last micro-batch
             with trainable.no_sync() if ddp and micro < args.grad_accum - 1 else nullcontext():
@@ -380,8 +382,8 @@ def init_text_ids(args: argparse.Namespace, tokenizer) -> list[int] | None:
 
 
 @functools.lru_cache(maxsize=1)
-def epoch_order(n_examples: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch))
+def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
+    return torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
 
 
 @dataclass(frozen=True)
@@ -411,12 +413,12 @@ class Schedule:
         total = math.ceil(self.epochs * self.steps_per_epoch)
         return total if self.max_iters is None else min(total, self.max_iters)
 
-    def rows(self, it: int, rank: int, micro: int) -> torch.Tensor:
+    def rows(self, it: int, rank: int, micro: int) -> np.ndarray:
         """This process's rows for micro-batch `micro` of iteration `it`: a slice of the epoch's permutation
         (wrapping at its end); the iteration's global batch is the next global_batch rows of it."""
         epoch, step = divmod(it, self.steps_per_epoch)
         start = step * self.global_batch + (micro * self.world + rank) * self.batch_size
-        return epoch_order(self.n_examples, self.seed, epoch)[torch.arange(start, start + self.batch_size)
+        return epoch_order(self.n_examples, self.seed, epoch)[np.arange(start, start + self.batch_size)
                                                                % self.n_examples]
 
     def learning_rate(self, it: int) -> float:

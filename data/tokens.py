@@ -62,6 +62,11 @@ class Sequences:
         return (f"{len(self):,} sequences (one per table-text pair) of {n.min()}/{n.mean():.1f}/{n.max()} tokens "
                 f"(min/mean/max)")
 
+    def target_count(self, indices) -> int:
+        """How many targets batch(indices) holds: every token of a row's text (its final EOT included)."""
+        rows = np.asarray(indices, dtype=np.int64)
+        return int((self.lengths[rows] - self.loss_starts[rows]).sum())
+
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """(idx, targets) of shape (B, T) for next-token prediction, right-padded to the longest row: idx with EOT,
         targets with IGNORE_INDEX, which also covers every target before the first text token."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -421,9 +422,9 @@ def test_the_schedule_gives_each_process_and_micro_batch_its_own_rows_of_the_glo
     assert schedule.global_batch == 12 and schedule.steps_per_epoch == 5 and schedule.total_iters == 10
     for it in range(schedule.total_iters):
         rows = [schedule.rows(it, rank, micro) for micro in range(3) for rank in range(2)]
-        assert len(set(torch.cat(rows).tolist())) == 12  # the global batch's rows, each once
+        assert len(set(np.concatenate(rows).tolist())) == 12  # the global batch's rows, each once
     one_process = Schedule(50, 12, 1, 1, 2, None, 1.0, 0, 7)  # the same global batch from one process
-    assert set(torch.cat([schedule.rows(3, r, m) for m in range(3) for r in range(2)]).tolist()) == \
+    assert set(np.concatenate([schedule.rows(3, r, m) for m in range(3) for r in range(2)]).tolist()) == \
         set(one_process.rows(3, 0, 0).tolist())
 
 
@@ -463,3 +464,42 @@ def test_defaults_are_the_authors_for_each_dataset_and_method():
     assert e2e.loss_reduction == "sentence" and e2e.eval_iters == 0  # objective_mode=1; best chosen on all of dev
     assert parse_args(["--tuning_mode", "finetune"]).loss_reduction == "token"  # their GPT-2's own loss
     assert parse_args(["--loss_reduction", "token"]).loss_reduction == "token"
+
+
+def test_the_loop_waits_for_the_device_only_where_it_logs_or_evaluates(tiny_gpt2, shared, tmp_path, monkeypatch):
+    """A tensor turned into a Python value makes a GPU wait for its queue. Counted over whole runs that log and
+    evaluate only at their end, 2 iterations and 6 make the same number of such conversions: a step makes none."""
+    import train
+
+    def conversions(iters: int) -> int:
+        calls = []
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name,
+                                lambda self, *a, _original=original, **k: calls.append(1) or _original(self, *a, **k))
+        try:
+            train.main(["--init_from", str(tiny_gpt2), "--data_dir", str(shared / "data" / "e2e"), "--out_dir",
+                        str(tmp_path / str(iters)), "--batch_size", "4", "--max_iters", str(iters), "--log_interval",
+                        str(iters), "--eval_interval", str(iters), "--eval_iters", "2", "--overwrite"])
+        finally:
+            monkeypatch.undo()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return len(calls)
+
+    conversions(2)  # the data's token cache is built once
+    assert conversions(2) == conversions(6)
+
+
+def test_the_training_loss_needs_no_values_from_the_device():
+    """On the meta device, which has shapes but no values, any step that needs a value (a count, boolean-mask
+    indexing, an int() of a tensor) raises: the loss, with a prefix, and its backward pass need none there, as on a
+    GPU. (On a CPU, where nothing waits, the loss takes the rows with a target alone.)"""
+    from model.gpt import GPTConfig
+    from prefix import PrefixTuning
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=300, block_size=64)
+    gpt, prefix = GPT(config).to("meta"), PrefixTuning(config, 4, mid_dim=16).to("meta")
+    idx = torch.zeros(3, 10, dtype=torch.long, device="meta")
+    targets = torch.zeros(3, 10, dtype=torch.long, device="meta")
+    _, loss = gpt(idx, targets, prefix=prefix(3))
+    loss.backward()
+    assert loss.shape == () and prefix.table.grad.shape == prefix.table.shape
