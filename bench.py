@@ -1,41 +1,36 @@
-"""Benchmark prefix-tuning: the training step, decoding with the prefix, and the step against the machine's peak.
+"""Benchmark our prefix-tuning: the training step, decoding with the prefix, and the step against the machine's peak.
 
     python bench.py                    # our GPT + PrefixTuning, GPT-2-small shaped
-    python bench.py --compare peft     # the same work in transformers + PEFT, processes alternating A B A B
     python bench.py --quick            # a tiny model and a few iterations: checks that everything runs
-    python bench.py --full_weights     # full-weight training of our GPT instead (no prefix, no PEFT side)
+    python bench.py --full_weights     # full-weight training of our GPT instead (no prefix)
     python bench.py --loading          # the peak RSS of loading a checkpoint of the model's shape instead
+    python bench_peft.py               # the same work in transformers + PEFT against ours (bench_peft.py)
 
-Speed does not depend on the weights' values, so both models are random and nothing is downloaded.
+Speed does not depend on the weights' values, so the model is random and nothing is downloaded.
   training step  forward, backward and AdamW on the prefix (P' and its MLP), the GPT frozen, the loss on the
                  last --supervised tokens of each row: seconds per step (median of --steps after --warmup),
                  input tokens per second, and peak memory.
   decoding       --new_tokens after each row's first seq_len - supervised tokens (the table half), greedy and
-                 beam search, the prefix computed inside the timed call; end-of-text is banned on both sides,
-                 so every row gets all its tokens. Tokens/s counts the tokens returned (one text per row).
+                 beam search, the prefix computed inside the timed call; end-of-text is banned, so every row gets
+                 all its tokens. Tokens/s counts the tokens returned (one text per row).
   matmul peak    the best FLOP/s of a square matmul (float32 on CPU, bfloat16 on a GPU) with torch's threads as
-                 configured, by torch.matmul or, where the model uses it, oneDNN (model/linear.py), whichever
+                 configured, by torch.matmul or, where the model uses it, oneDNN (model/cpu_kernels.py), whichever
                  is faster; the step's useful FLOP/s (training_step_flops) are given as a share of it.
   --full_weights full fine-tuning (or pretraining) instead: every weight of our GPT trains, the LM head tied to
                  the token embedding, fused AdamW over all of them, the loss on the last --supervised tokens as
                  above: seconds per step, tokens per second and peak memory, nothing else.
-Both sides train with fused AdamW and run with malloc recycling freed memory (common/memory.py), as train.py does.
+Training uses fused AdamW and malloc recycling freed memory (common/memory.py), as train.py does.
 Peak memory is what the training steps (warm-up included) add to the process once the model is built: on CPU
 the resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs after malloc_trim hands freed
 heap back) minus the resident size before the first step; on CUDA torch.cuda.max_memory_allocated minus the
-allocation before it. With --compare every measurement runs in a fresh process, so no side inherits the
-other's memory or warm caches.
+allocation before it.
 """
 import ctypes
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import warnings
-from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -45,29 +40,20 @@ from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick
 from common.memory import reuse_freed_memory
 from model import GPT, GPTConfig
 from model.generate import beam_search, generate
-from model.linear import onednn_matmul_t, takes_onednn
+from model.cpu_kernels import onednn_matmul_t, takes_onednn
 from model.loading import loading_peak_rss, save_pretrained
 from prefix import PrefixTuning, freeze
 
 # --quick: defaults for a tiny model and a few iterations (flags given explicitly still win)
 QUICK = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=128, batch_size=2, seq_len=16, supervised=8,
              prefix_len=4, mid_dim=32, warmup=1, steps=2, new_tokens=4, beams=2, repeats=1, matmul_size=256)
-TARGETS = dict(speedup=1.3, greedy_speedup=2.0, useful_share=0.70)  # the issue's: against PEFT, and of the peak
 
 
-def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--compare", default="none", choices=["none", "peft"],
-                   help="peft: both sides --repeats times in fresh processes, A B A B; medians and ratios")
-    p.add_argument("--side", default="ours", choices=["ours", "peft"], help="what to measure without --compare")
-    p.add_argument("--json", action="store_true", help="print the measurements as one JSON line (--compare reads it)")
+def work_parser(description: str) -> ArgumentParser:
+    """The flags that say what is measured: the model, the work, the device (bench_peft.py shares them)."""
+    p = ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a tiny model and a few iterations, for tests: "
                    + " ".join(f"--{name} {value}" for name, value in QUICK.items()))
-    p.add_argument("--repeats", type=int, default=5, help="processes per side with --compare")
-    p.add_argument("--full_weights", action="store_true",
-                   help="time full-weight training of our GPT instead (every weight trains; no prefix, no decoding)")
-    p.add_argument("--loading", action="store_true", help="measure loading instead: the peak RSS of a fresh process "
-                   "that loads a checkpoint of the model's shape (random weights, Hugging Face layout)")
     g = p.add_argument_group("the model (random weights; GPT-2 small by default)")
     g.add_argument("--n_layer", type=int, default=12, help="blocks")
     g.add_argument("--n_head", type=int, default=12, help="attention heads")
@@ -89,11 +75,16 @@ def parse_args(argv=None):
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 autocast on a GPU that supports it, else float32")
+    return p
+
+
+def parse_work(p: ArgumentParser, argv=None):
+    """Parse, with --quick's defaults where it is given, and refuse work that cannot run."""
     args = p.parse_args(argv)
     if args.quick:
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
-    check_ranges(args, positive=("repeats", "n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "supervised",
+    check_ranges(args, positive=("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "supervised",
                                   "prefix_len", "mid_dim", "steps", "new_tokens", "beams", "matmul_size"),
                  at_least_zero=("warmup",))
     if args.n_embd % args.n_head:
@@ -103,11 +94,17 @@ def parse_args(argv=None):
                         f"the supervised ones are the decoding prompts")
     if args.prefix_len + max(args.seq_len, args.seq_len - args.supervised + args.new_tokens) > args.block_size:
         raise UserError(f"the prefix and the longest sequence need more than --block_size {args.block_size} positions")
-    if args.full_weights and "peft" in (args.compare, args.side):
-        raise UserError("--full_weights measures our side only")
-    if "peft" in (args.compare, args.side) and not (find_spec("transformers") and find_spec("peft")):
-        raise UserError("measuring PEFT needs transformers and peft: pip install -r requirements-dev.txt")
     return args
+
+
+def parse_args(argv=None):
+    p = work_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print the measurements as one JSON line")
+    p.add_argument("--full_weights", action="store_true",
+                   help="time full-weight training of our GPT instead (every weight trains; no prefix, no decoding)")
+    p.add_argument("--loading", action="store_true", help="measure loading instead: the peak RSS of a fresh process "
+                   "that loads a checkpoint of the model's shape (random weights, Hugging Face layout)")
+    return parse_work(p, argv)
 
 
 def training_step_flops(c: GPTConfig, batch_size: int, seq_len: int, supervised: int, prefix_len: int,
@@ -146,7 +143,7 @@ def training_step_flops(c: GPTConfig, batch_size: int, seq_len: int, supervised:
     return batch_size * (blocks + lm_head) + prefix_mlp
 
 
-# ---- the two sides: the same work, each as train_step() and decode(beams, new_tokens) -----------------------
+# ---- what is timed: train_step() and decode(beams, new_tokens) -----------------------------------------------
 
 def model_config(args) -> GPTConfig:
     return GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
@@ -190,40 +187,6 @@ def our_side(args, device, dtype):
     return train_step, decode
 
 
-def peft_side(args, device, dtype):
-    """transformers' GPT2LMHeadModel (eval mode, frozen) with PEFT's prefix tuning and transformers' generate."""
-    from peft import PrefixTuningConfig, get_peft_model
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging
-    logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)  # their deprecations, not ours to act on
-    eos = args.vocab_size - 1
-    config = GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
-                        n_positions=args.block_size, bos_token_id=eos, eos_token_id=eos)
-    prefix_config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.prefix_len,
-                                       prefix_projection=True, encoder_hidden_size=args.mid_dim)
-    model = get_peft_model(GPT2LMHeadModel(config), prefix_config).to(device).eval()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
-    idx, targets, prompts = random_batch(args, device)
-    labels = idx.masked_fill(targets == -100, -100)  # transformers shifts labels itself: S targets per row too
-
-    def train_step():
-        with autocast(device, dtype):
-            loss = model(input_ids=idx, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    @torch.no_grad()
-    def decode(beams: int, new_tokens: int):
-        with autocast(device, dtype):  # min_new_tokens bans eos to the end, as banned_ids does on our side
-            out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                                 num_beams=beams, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 eos_token_id=eos, pad_token_id=eos)
-        return out[:, prompts.size(1):]
-    return train_step, decode
-
-
 def full_weight_side(args, device, dtype):
     """Full fine-tuning: every weight of our GPT trains (the LM head is wte, tied), fused AdamW over all of them."""
     gpt = GPT(model_config(args)).to(device)
@@ -241,13 +204,14 @@ def full_weight_side(args, device, dtype):
 
 # ---- measuring -----------------------------------------------------------------------------------------------
 
-def measure(args) -> dict:
-    """Everything this process measures, for args.side (both sides with malloc recycling memory, as in train.py)."""
+def measure(args, side=our_side) -> dict:
+    """Everything this process measures, for the work that side(args, device, dtype) sets up: (train_step, decode).
+    Malloc recycles freed memory, as in train.py."""
     reuse_freed_memory()
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     torch.manual_seed(0)
-    train_step, decode = (our_side if args.side == "ours" else peft_side)(args, device, dtype)
+    train_step, decode = side(args, device, dtype)
     step_s, memory = measure_training(args, train_step, device)
 
     def decoding_rate(beams: int) -> float:
@@ -364,23 +328,16 @@ def machine(device, dtype) -> str:
 
 # ---- reporting -----------------------------------------------------------------------------------------------
 
-ROWS = [  # key, label, and what the ratio of ours to PEFT says (None: no ratio)
-    ("step_s", "training step, s", "faster"),
-    ("train_tokens_per_s", "training tokens/s", "faster"),
-    ("memory_mib", "training peak memory, MiB", "the memory"),
-    ("greedy_tokens_per_s", "greedy decoding tokens/s", "faster"),
-    ("beam_tokens_per_s", "beam-{beams} decoding tokens/s", "faster"),
-    ("useful_gflops", "useful GFLOP/s in training", None),
-    ("peak_gflops", "matmul peak GFLOP/s", None),
-    ("useful_share", "useful / matmul peak", None),
+ROWS = [  # key, label
+    ("step_s", "training step, s"),
+    ("train_tokens_per_s", "training tokens/s"),
+    ("memory_mib", "training peak memory, MiB"),
+    ("greedy_tokens_per_s", "greedy decoding tokens/s"),
+    ("beam_tokens_per_s", "beam-{beams} decoding tokens/s"),
+    ("useful_gflops", "useful GFLOP/s in training"),
+    ("peak_gflops", "matmul peak GFLOP/s"),
+    ("useful_share", "useful / matmul peak"),
 ]
-
-
-def times(key: str, ours, peft) -> float | None:
-    """How many times faster ours is; for memory, how many times PEFT's it takes."""
-    if ours is None or peft is None:
-        return None
-    return peft / ours if key == "step_s" else ours / peft
 
 
 def cell(key: str, x) -> str:
@@ -389,94 +346,42 @@ def cell(key: str, x) -> str:
     return f"{x:.0%}" if key == "useful_share" else f"{x:.3f}" if key == "step_s" else f"{x:,.1f}"
 
 
-def median(runs: list[dict], key: str):
-    values = [run[key] for run in runs if run[key] is not None]
-    return statistics.median(values) if values else None
-
-
-def report(args, runs: dict[str, list[dict]]) -> str:
-    """A table of the medians per side; with both sides, ours against PEFT; then the issue's targets."""
-    medians = {side: {key: median(side_runs, key) for key, _, _ in ROWS} for side, side_runs in runs.items()}
-    both = len(runs) == 2
-    lines = [f"machine: {next(iter(runs.values()))[0]['machine']}",
+def describe(args, machine_name: str, work: str) -> list[str]:
+    """The header of a report: the machine, the model, the work."""
+    lines = [f"machine: {machine_name}",
              f"model:   {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide, vocab {args.vocab_size}, "
              f"random weights",
-             f"work:    training {args.batch_size} × {args.seq_len} tokens, loss on the last {args.supervised}, "
-             f"prefix {args.prefix_len}, MLP {args.mid_dim}; decoding {args.new_tokens} tokens after "
-             f"{args.seq_len - args.supervised}, beams {args.beams}"]
-    if both:
-        lines.append(f"medians of {args.repeats} fresh process{'es' * (args.repeats > 1)} per side, run alternately")
+             f"work:    {work}"]
     if args.quick:
         lines.append("--quick: a check that everything runs; the numbers mean nothing")
-    header = f"{'':32}" + "".join(f"{side:>12}" for side in runs)
-    lines += ["", header + ("   ours against peft" if both else "")]
-    for key, label, says in ROWS:
-        row = f"{label.format(beams=args.beams):32}" + "".join(f"{cell(key, m[key]):>12}" for m in medians.values())
-        ratio = times(key, medians["ours"][key], medians["peft"][key]) if both and says else None
-        lines.append(row + ("" if ratio is None else f"   {ratio:.2f}x {says}"))
+    return lines
 
-    checks = []
-    if "ours" in medians:
-        checks.append((f"useful FLOP/s ≥ {TARGETS['useful_share']:.0%} of the matmul peak",
-                       medians["ours"]["useful_share"] >= TARGETS["useful_share"]))
-    if both:
-        ratio = lambda key: times(key, medians["ours"][key], medians["peft"][key])
-        checks += [(f"training step ≥ {TARGETS['speedup']}x faster than PEFT",
-                    ratio("step_s") >= TARGETS["speedup"]),
-                   ("training peak memory no higher than PEFT's",
-                    ratio("memory_mib") is not None and ratio("memory_mib") <= 1),
-                   (f"greedy decoding ≥ {TARGETS['greedy_speedup']}x faster than PEFT",
-                    ratio("greedy_tokens_per_s") >= TARGETS["greedy_speedup"])]
-    if checks:
-        lines += ["", "targets:"] + [f"  {'met   ' if ok else 'MISSED'}  {what}" for what, ok in checks]
-    return "\n".join(lines)
+
+def prefix_work(args) -> str:
+    return (f"training {args.batch_size} × {args.seq_len} tokens, loss on the last {args.supervised}, prefix "
+            f"{args.prefix_len}, MLP {args.mid_dim}; decoding {args.new_tokens} tokens after "
+            f"{args.seq_len - args.supervised}, beams {args.beams}")
+
+
+def report(args, m: dict) -> str:
+    lines = describe(args, m["machine"], prefix_work(args)) + [""]
+    return "\n".join(lines + [f"{label.format(beams=args.beams):32}{cell(key, m[key]):>12}" for key, label in ROWS])
 
 
 def report_full_weights(args, m: dict) -> str:
-    lines = [f"machine: {m['machine']}",
-             f"model:   {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide, vocab {args.vocab_size}, "
-             f"random weights",
-             f"work:    full-weight training {args.batch_size} × {args.seq_len} tokens, loss on the last "
-             f"{args.supervised}; every weight trains, fused AdamW; median of {args.steps} steps"]
-    if args.quick:
-        lines.append("--quick: a check that everything runs; the numbers mean nothing")
-    lines.append("")
-    lines += [f"{label:32}{cell(key, m[key]):>12}" for key, label, _ in ROWS[:3]]
-    return "\n".join(lines)
-
-
-def run_side(side: str, argv: list[str]) -> dict:
-    """One measurement in a fresh process: this script with --side and --json."""
-    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--compare", "none", "--side", side, "--json"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {side} measurement failed:\n{done.stderr}")
-    return json.loads(done.stdout.splitlines()[-1])
+    lines = describe(args, m["machine"], f"full-weight training {args.batch_size} × {args.seq_len} tokens, loss on "
+                     f"the last {args.supervised}; every weight trains, fused AdamW; median of {args.steps} steps")
+    return "\n".join(lines + [""] + [f"{label:32}{cell(key, m[key]):>12}" for key, label in ROWS[:3]])
 
 
 @exit_on_user_error
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.loading:
         print(measure_loading(args))
         return
-    if args.full_weights:
-        m = measure_full_weights(args)
-        print(json.dumps(m) if args.json else report_full_weights(args, m))
-        return
-    if args.compare == "none":
-        m = measure(args)
-        print(json.dumps(m) if args.json else report(args, {args.side: [m]}))
-        return
-    runs = {"ours": [], "peft": []}
-    for i in range(args.repeats):
-        for side, side_runs in runs.items():
-            m = run_side(side, argv)
-            side_runs.append(m)
-            print(f"run {i + 1}/{args.repeats} {side:>4}: step {m['step_s']:.3f} s, greedy "
-                  f"{m['greedy_tokens_per_s']:.1f} tokens/s, beam {m['beam_tokens_per_s']:.1f} tokens/s", flush=True)
-    print("\n" + report(args, runs))
+    m = measure_full_weights(args) if args.full_weights else measure(args)
+    print(json.dumps(m) if args.json else report_full_weights(args, m) if args.full_weights else report(args, m))
 
 
 if __name__ == "__main__":

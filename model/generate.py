@@ -28,9 +28,9 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tupl
 
 @torch.no_grad()
 def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | None = None,
-             cache: KVCache | None = None, attention_mask: Tensor | None = None, positions_from_zero: bool = False,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-             min_length: int = 0, banned_ids: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
+             cache: KVCache | None = None, attention_mask: Tensor | None = None, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None, min_length: int = 0,
+             banned_ids: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
     """Continue each row of idx (B, T) by up to max_new_tokens; temperature 0 means greedy.
 
     The prefix seeds the KV cache; or pass a `cache` that already holds whatever comes before idx.
@@ -40,7 +40,7 @@ def generate(model, idx: Tensor, max_new_tokens: int, *, prefix: Sequence[KV] | 
     """
     B = idx.size(0)
     if cache is None:
-        cache = KVCache.start(B, prefix, positions_from_zero, device=idx.device)
+        cache = KVCache.start(B, prefix, device=idx.device)
     logits, _ = model(idx, attention_mask=attention_mask, cache=cache, last_only=True)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     banned = torch.tensor(banned_ids, dtype=torch.long, device=idx.device)
@@ -83,8 +83,7 @@ def next_token(scores: Tensor, temperature: float, top_k: int | None, top_p: flo
 @torch.no_grad()
 def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_id: int,
                 prefix: Sequence[KV] | None = None, cache: KVCache | None = None, attention_mask: Tensor | None = None,
-                positions_from_zero: bool = False, length_penalty: float = 1.0, min_length: int = 0,
-                banned_ids: Sequence[int] = ()) -> list[list[int]]:
+                length_penalty: float = 1.0, min_length: int = 0, banned_ids: Sequence[int] = ()) -> list[list[int]]:
     """The best continuation of each row of idx (B, T), without its eos, by beam search with the rules of
     transformers 3.2's BeamHypotheses, which the paper's code decodes with.
 
@@ -101,7 +100,7 @@ def beam_search(model, idx: Tensor, max_new_tokens: int, num_beams: int, *, eos_
     if max_new_tokens == 0:
         return [[] for _ in range(B)]
     if cache is None:
-        cache = KVCache.start(B, prefix, positions_from_zero, device=idx.device)
+        cache = KVCache.start(B, prefix, device=idx.device)
     rows = torch.arange(B, device=idx.device).repeat_interleave(num_beams)  # row b's beams sit together
     cache.reorder(rows)
     mask = None if attention_mask is None else attention_mask[rows]

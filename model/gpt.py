@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from common.errors import UserError
 from model.cache import KV, KVCache
-from model.linear import Linear
+from model.cpu_kernels import OneDnnLinear
 from model.loss import lm_head_loss
 
 
@@ -46,27 +46,24 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
-        self.c_proj = Linear(config.n_embd, config.n_embd)
+        self.c_attn = OneDnnLinear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_proj = OneDnnLinear(config.n_embd, config.n_embd)
 
-    def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None,
-                outputs_from: int = 0) -> tuple[Tensor, KV]:
+    def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None) -> tuple[Tensor, KV]:
         """x: (B, T, C). past: keys/values before x, each (B or 1, n_head, L, head_dim): a prefix or a cache.
 
-        Every position of x gives a key and a value; only x[:, outputs_from:] ask queries (an output nobody
-        reads is not computed). mask: bool (B or 1, 1, T - outputs_from, L+T), True where a query may look;
-        None means plain causal when there is no past, and "every key" for the single query of a decoding
-        step. Returns the output (B, T - outputs_from, C) and (K', V').
+        mask: bool (B or 1, 1, T, L+T), True where a query may look; None means plain causal when there is no
+        past, and "every key" for the single query of a decoding step. Returns the output (B, T, C) and (K', V').
         """
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q[:, outputs_from:], k, v))
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if past is not None:  # in the computed keys' dtype: a float32 prefix must not promote a bfloat16 cache
             past_k, past_v = (t.to(k.dtype).expand(B, -1, -1, -1) for t in past)
             k = torch.cat([past_k, k], dim=2)  # K' = [P_K ; K]  (Li & Liang §4.2)
             v = torch.cat([past_v, v], dim=2)  # V' = [P_V ; V]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and past is None)
-        y = y.transpose(1, 2).reshape(B, -1, C)
+        y = y.transpose(1, 2).reshape(B, T, C)
         return self.c_proj(y), (k, v)
 
 
@@ -74,8 +71,8 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         width = config.n_inner or 4 * config.n_embd
-        self.c_fc = Linear(config.n_embd, width)
-        self.c_proj = Linear(width, config.n_embd)
+        self.c_fc = OneDnnLinear(config.n_embd, width)
+        self.c_proj = OneDnnLinear(width, config.n_embd)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
@@ -89,11 +86,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None,
-                outputs_from: int = 0) -> tuple[Tensor, KV]:
-        """The block's output at positions outputs_from.. of x, and its (K', V') for all of them."""
-        a, kv = self.attn(self.ln_1(x), mask, past, outputs_from)
-        x = x[:, outputs_from:] + a
+    def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None) -> tuple[Tensor, KV]:
+        """The block's output and its (K', V')."""
+        a, kv = self.attn(self.ln_1(x), mask, past)
+        x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv
 
@@ -108,7 +104,7 @@ class GPT(nn.Module):
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
         ))
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = OneDnnLinear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
 
@@ -125,16 +121,16 @@ class GPT(nn.Module):
         from model.loading import load_pretrained
         return load_pretrained(cls, name_or_dir, cache_dir)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, prefix: Sequence[KV] | None = None, *,
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, prefix: Sequence[KV] | None = None,
                 attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                positions_from_zero: bool = False, last_only: bool = False) -> tuple[Tensor | None, Tensor | None]:
+                last_only: bool = False) -> tuple[Tensor | None, Tensor | None]:
         """Return (logits, loss).
 
         idx: (B, T) token ids. targets: (B, T) next-token ids, -100 where no loss is taken.
-        prefix: n_layer pairs (P_K, P_V), each (B or 1, n_head, P, head_dim); batch 1 broadcasts.
+        prefix: n_layer pairs (P_K, P_V), each (B or 1, n_head, P, head_dim); batch 1 broadcasts. Real tokens
+            continue at position P; KVCache.start(..., positions_from_zero=True) as `cache` numbers them from 0.
         attention_mask: (B, T), 1 for real tokens and 0 for padding (left or right).
         cache: a KVCache to read and extend (it already holds any prefix); used for decoding.
-        positions_from_zero: real tokens take positions 0..T-1 instead of P..P+T-1.
         last_only: logits for the last position only (decoding).
 
         Without targets: logits (B, T, vocab) and no loss. With targets: the mean cross-entropy over the
@@ -144,21 +140,14 @@ class GPT(nn.Module):
         if cache is None:
             if prefix is not None:
                 self._check_prefix(prefix, idx.size(0))
-            cache = KVCache.start(idx.size(0), prefix, positions_from_zero, device=idx.device)
+            cache = KVCache.start(idx.size(0), prefix, device=idx.device)
         elif prefix is not None:
             raise ValueError("give the prefix to KVCache.start, not alongside a cache")
-        # The top block computes only the outputs that are read: from the first target on in training (the table
-        # half of a row needs keys and values, not outputs), the last position when decoding.
-        if targets is not None:
-            supervised = targets != -100
-            outputs_from = int(supervised.any(0).int().argmax())
-        else:
-            outputs_from = idx.size(1) - 1 if last_only else 0
-        x = self.transformer.wte(idx)
-        x = self._transformer(x, cache, attention_mask, outputs_from)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
+        h = self._hidden_states(self.transformer.wte(idx), cache, attention_mask)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
         if targets is None:  # p(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2): the logits W_φ h_i
-            return self.lm_head(x), None
-        return None, lm_head_loss(x[supervised[:, outputs_from:]], self.lm_head.weight, targets[supervised])
+            return self.lm_head(h[:, -1:] if last_only else h), None
+        supervised = targets != -100
+        return None, lm_head_loss(h[supervised], self.lm_head.weight, targets[supervised])
 
     def keys_values(self, idx: Tensor | None = None, embeddings: Tensor | None = None) -> list[KV]:
         """The (K, V) every layer computes for a sequence (token ids or input embeddings), from position 0.
@@ -167,12 +156,12 @@ class GPT(nn.Module):
         """
         x = self.transformer.wte(idx) if embeddings is None else embeddings
         cache = KVCache.start(x.size(0), device=x.device)
-        self._transformer(x, cache, attention_mask=None, outputs_from=x.size(1) - 1)  # outputs unused: just one
+        self._hidden_states(x, cache, attention_mask=None)
         return cache.layers
 
-    def _transformer(self, x: Tensor, cache: KVCache, attention_mask: Tensor | None, outputs_from: int = 0) -> Tensor:
-        """h_i = LM_φ(z_i, h_<i) (eq. 1): token embeddings (B, T, C) in, final hidden states at positions
-        outputs_from.. out; reads and extends `cache` with every position's keys and values."""
+    def _hidden_states(self, x: Tensor, cache: KVCache, attention_mask: Tensor | None) -> Tensor:
+        """h_i = LM_φ(z_i, h_<i) (eq. 1): token embeddings (B, T, C) in, final hidden states (B, T, C) out;
+        reads and extends `cache` with every position's keys and values."""
         B, T, _ = x.shape
         L = cache.length
         real = None if attention_mask is None else attention_mask.bool()
@@ -182,14 +171,11 @@ class GPT(nn.Module):
             past = key_mask if key_mask is not None else x.new_ones(B, L, dtype=torch.bool)
             key_mask = torch.cat([past, real if real is not None else x.new_ones(B, T, dtype=torch.bool)], 1)
         mask = attention_mask_for(T, L, key_mask, x.device)
-        top_mask = attention_mask_for(T, L, key_mask, x.device, outputs_from) if outputs_from else mask
 
         x = x + self.transformer.wpe(positions)
         presents = []
         for i, block in enumerate(self.transformer.h):
-            top = i == self.config.n_layer - 1
-            x, kv = block(x, top_mask if top else mask, cache.layers[i] if cache.layers else None,
-                          outputs_from if top else 0)
+            x, kv = block(x, mask, cache.layers[i] if cache.layers else None)
             presents.append(kv)
         cache.layers, cache.key_mask = presents, key_mask
         cache.next_position = cache.next_position + (T if real is None else real.sum(1))
@@ -220,20 +206,18 @@ class GPT(nn.Module):
                                  f"got {tuple(k.shape)} and {tuple(v.shape)}")
 
 
-def attention_mask_for(T: int, L: int, key_mask: Tensor | None, device,
-                       outputs_from: int = 0) -> Tensor | None:
-    """Which of the L + T keys each new query may attend to: (B or 1, 1, T - outputs_from, L + T), or None.
+def attention_mask_for(T: int, L: int, key_mask: Tensor | None, device) -> Tensor | None:
+    """Which of the L + T keys each of the T new queries may attend to: (B or 1, 1, T, L + T), or None.
 
-    The queries are the T new positions from outputs_from on; query i sits at key index L + i and sees every
-    key up to itself: the causal mask aligned to the lower right. (SDPA's is_causal=True aligns it to the
+    Query i sits at key index L + i and sees every key up to itself: the causal mask aligned to the lower right. (SDPA's is_causal=True aligns it to the
     upper left when L > 0, which would hide the prefix from the first tokens.) Padding keys are hidden, but
     a query always sees itself, so that padding rows stay finite.
     """
-    if key_mask is None and (L == 0 or T == 1) and outputs_from == 0:
+    if key_mask is None and (L == 0 or T == 1):
         return None
-    itself = L + torch.arange(outputs_from, T, device=device)[:, None]  # each query's own key index
+    itself = L + torch.arange(T, device=device)[:, None]  # each query's own key index
     keys = torch.arange(L + T, device=device)
     allowed = keys <= itself
     if key_mask is not None:
         allowed = (allowed & key_mask[:, None, :]) | (keys == itself)
-    return allowed.view(-1, 1, T - outputs_from, L + T)  # 4-D: a 3-D mask sends SDPA on CPU to its slow math path
+    return allowed.view(-1, 1, T, L + T)  # 4-D: a 3-D mask sends SDPA on CPU to its slow math path

@@ -1,7 +1,7 @@
 """Prefix-tuning (Li & Liang, 2021): a trainable prefix P steers a frozen GPT-2.
 
 Equations of the paper and where they live:
-  (1)  h_i = LM_φ(z_i, h_<i)                     GPT._transformer (model/gpt.py): the frozen GPT-2
+  (1)  h_i = LM_φ(z_i, h_<i)                     GPT._hidden_states (model/gpt.py): the frozen GPT-2
   (2)  p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)    GPT.forward's logits; lm_head_loss (model/loss.py)
   (3)  max_θ  Σ_{i∈Y_idx} log p(z_i | h_<i)      PrefixTuning.loss (the GPT's cross-entropy over the text)
   (4)  h_i = P_θ[i,:] for i ∈ P_idx              prefix_keys_values: P as every layer's keys and values
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from model.cache import KV, KVCache
 from model.gpt import GPT, GPTConfig
-from model.linear import Linear
+from model.cpu_kernels import OneDnnLinear
 
 
 class PrefixTuning(nn.Module):
@@ -42,7 +42,7 @@ class PrefixTuning(nn.Module):
         width = config.n_layer * 2 * config.n_embd
         # P' (reparameterized) or P (direct); N(0, 1) like the paper's code and PEFT (an nn.Embedding's init)
         self.table = nn.Parameter(torch.randn(prefix_len, config.n_embd if reparam else width))
-        self.mlp = nn.Sequential(Linear(config.n_embd, mid_dim), nn.Tanh(), Linear(mid_dim, width)) \
+        self.mlp = nn.Sequential(OneDnnLinear(config.n_embd, mid_dim), nn.Tanh(), OneDnnLinear(mid_dim, width)) \
             if reparam else None
         self.dropout = nn.Dropout(dropout)
 
@@ -63,11 +63,16 @@ class PrefixTuning(nn.Module):
         kv: this module's output when it was called through a wrapper (DDP); computed here otherwise.
         """
         kv = self(idx.size(0)) if kv is None else kv
-        return gpt(idx, targets, prefix=kv, positions_from_zero=self.positions_from_zero)[1]
+        return gpt(idx, targets, cache=self.cache(idx.size(0), kv))[1]
 
     def start_decoding(self, gpt: GPT, prompt: Tensor, attention_mask: Tensor | None):
         """A KV cache holding this prefix, and the prompt still to be read: (cache, prompt, attention_mask)."""
-        return KVCache.start(prompt.size(0), self(1), self.positions_from_zero), prompt, attention_mask
+        return self.cache(prompt.size(0), self(1)), prompt, attention_mask
+
+    def cache(self, batch_size: int, kv: list[KV]) -> KVCache:
+        """A KV cache seeded with kv, this prefix's output: the real tokens after it take positions P.. or, with
+        positions_from_zero, 0.."""
+        return KVCache.start(batch_size, kv, self.positions_from_zero)
 
     def export(self) -> PrefixTuning:
         """The inference form: P computed once, no MLP, no gradients (prefix_len · n_layer · 2 · n_embd numbers)."""

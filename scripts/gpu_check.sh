@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA path in one run (issue 16): the tests marked cuda (CUDA against CPU in float32, bf16 autocast training,
 # greedy and beam decoding, the per-row PrefixBank, PEFT parity, train.py's resume after a SIGKILL, a quick
-# bench.py --compare peft), then bench.py --compare peft with gpt2-medium's shape; one summary at the end.
+# bench_peft.py), then bench_peft.py with gpt2-medium's shape; one summary at the end.
 #
 #     pip install -r requirements-dev.txt && scripts/gpu_check.sh
-#     scripts/gpu_check.sh --repeats 5                                       # flags after it go to bench.py
+#     scripts/gpu_check.sh --repeats 5                                       # flags after it go to bench_peft.py
 #
 # The train.py resume test needs ../shared (the E2E data), as in the CPU suite; it skips with a reason without it.
 # Exit status: 0 when the tests and the benchmark both succeeded, 1 otherwise, 2 on a machine without CUDA.
@@ -23,9 +23,9 @@ echo "== tests marked cuda (python -m pytest -m cuda -q)"
 tests_rc=${PIPESTATUS[0]}
 
 echo
-echo "== bench.py --device cuda --compare peft, gpt2-medium's shape"
+echo "== bench_peft.py --device cuda, gpt2-medium's shape"
 # 3 processes per side by default (5 on CPU) to fit a short GPU session; a later --repeats wins
-"$PYTHON" bench.py --device cuda --compare peft --n_layer 24 --n_head 16 --n_embd 1024 --repeats 3 "$@" \
+"$PYTHON" bench_peft.py --device cuda --n_layer 24 --n_head 16 --n_embd 1024 --repeats 3 "$@" \
     2>&1 | tee "$logs/bench.txt"
 bench_rc=${PIPESTATUS[0]}
 

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from model.linear import _ONEDNN
+from model.cpu_kernels import ONEDNN_WORKS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-# the float32 CPU path of model/linear.py and model/loss.py
-needs_onednn = pytest.mark.skipif(not _ONEDNN, reason="no oneDNN path here: a CPU other than x86-64, or a torch "
-                                                      "without oneDNN")
+# the float32 CPU fast path of model/cpu_kernels.py
+needs_onednn = pytest.mark.skipif(not ONEDNN_WORKS, reason="no oneDNN path here: a CPU other than x86-64, a torch "
+                                                           "without oneDNN, or its private op failed the check")
 # a test's device: parametrize with DEVICES to run it on CPU and, where there is one, on a CUDA GPU
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 

@@ -4,7 +4,7 @@ bf16 autocast training, beam search, and train.py's resume after a SIGKILL with 
 Every test here is marked cuda and skips, with the reason, where torch sees no CUDA GPU (conftest.py).
 scripts/gpu_check.sh runs them all (`python -m pytest -m cuda`), together with the CUDA variants of tests
 parametrized over DEVICES elsewhere: the PEFT parity and the per-row PrefixBank (test_prefix.py) and
-`bench.py --device cuda --compare peft --quick` (test_bench.py).
+`bench_peft.py --device cuda --quick` (test_bench.py).
 """
 import pytest
 import torch

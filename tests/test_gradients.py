@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from prefix import gradcheck
+from model import cpu_kernels
 from prefix.gradcheck import (CHECKS, Result, attention_backward, autograd_gradients, check_attention,
-                              check_finite_differences, check_frozen_gpt, check_reparameterization, mlp_backward,
-                              tiny_setup)
+                              check_cpu_kernels, check_finite_differences, check_frozen_gpt, check_reparameterization,
+                              mlp_backward, onednn_linear_gradients, sliced_loss_gradients, tiny_setup)
+from tests.conftest import needs_onednn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +66,26 @@ def test_a_gradient_off_by_a_little_more_than_the_tolerance_fails_every_row(setu
     """Errors 100x the tolerance are caught, so no row passes vacuously (e.g. on gradients that are all zero)."""
     results = wrong_check(setup)
     assert results and not any(r.passed for r in results), gradcheck.format_table(results)
+
+
+@needs_onednn
+@pytest.mark.parametrize("wrong", ["oneDNN Linear", "sliced cross-entropy"])
+def test_a_hand_written_float32_backward_off_by_100x_the_tolerance_fails_its_rows(setup, wrong):
+    """Each of the CPU fast path's backwards, perturbed alone, fails exactly its own rows."""
+    perturbed = (dict(linear_gradients=off_by(onednn_linear_gradients, 1e-3)) if wrong == "oneDNN Linear"
+                 else dict(loss_gradients=off_by(sliced_loss_gradients, 1e-3)))
+    results = check_cpu_kernels(setup, **perturbed)
+    assert [r.check for r in results if not r.passed] == [r.check for r in results if wrong in r.check] != []
+
+
+def test_without_the_fast_path_its_rows_are_skipped_with_the_reason(setup, monkeypatch, capsys):
+    monkeypatch.setattr(cpu_kernels, "ONEDNN_WORKS", False)
+    results = check_cpu_kernels(setup)
+    assert len(results) == 5 and all(r.passed and "no oneDNN fast path here" in r.skipped for r in results)
+    monkeypatch.setattr(gradcheck, "CHECKS", (check_cpu_kernels,))
+    assert gradcheck.main() == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped: no oneDNN fast path here") == 5 and "0 of 5 checks pass, 5 skipped" in out
 
 
 def test_a_gpt_that_is_not_frozen_fails(setup):

@@ -1,9 +1,10 @@
-"""model/loss.py: the vocabulary-sliced cross-entropy equals F.cross_entropy of the full logits, value and gradient."""
+"""model/loss.py and the sliced cross-entropy of model/cpu_kernels.py: equal to F.cross_entropy of the full logits,
+value and gradient."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import loss as loss_module
+from model import cpu_kernels
 from model.loss import lm_head_loss
 from tests.conftest import needs_onednn
 
@@ -28,12 +29,12 @@ def reference(h, weight, targets):
 @needs_onednn
 @pytest.mark.parametrize("trainable", [False, True], ids=["frozen head", "trainable head"])
 def test_sliced_loss_and_gradients_match_the_full_logits(monkeypatch, trainable):
-    monkeypatch.setattr(loss_module, "VOCAB_SLICE", 16)  # 97 = 6 slices of 16 and one of 1
+    monkeypatch.setattr(cpu_kernels, "VOCAB_SLICE", 16)  # 97 = 6 slices of 16 and one of 1
     h, weight, targets = problem()
     targets[4:8] = 15  # a repeated target: its one-hot terms add up in dW
     weight.requires_grad_(trainable)
     loss = lm_head_loss(h, weight, targets)
-    assert type(loss.grad_fn).__name__ == "_SlicedCrossEntropyBackward"
+    assert type(loss.grad_fn).__name__ == "SlicedCrossEntropyBackward"
     (3 * loss).backward()  # an upstream gradient other than 1 must scale dh and dW
     expected_loss, expected_dh, expected_dw = reference(h, weight, targets)
     torch.testing.assert_close(loss, expected_loss, atol=1e-5, rtol=1e-6)
@@ -56,7 +57,7 @@ def gpt_gradients(fast: bool) -> dict[str, torch.Tensor]:
     enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, fast
     try:
         _, loss = gpt(idx, targets)
-        assert (type(loss.grad_fn).__name__ == "_SlicedCrossEntropyBackward") == fast
+        assert (type(loss.grad_fn).__name__ == "SlicedCrossEntropyBackward") == fast
         loss.backward()
     finally:
         torch.backends.mkldnn.enabled = enabled
@@ -77,7 +78,7 @@ def test_float64_takes_f_cross_entropy():
     h, weight, targets = problem()
     h, weight = h.detach().double().requires_grad_(), weight.double()
     loss = lm_head_loss(h, weight, targets)
-    assert type(loss.grad_fn).__name__ != "_SlicedCrossEntropyBackward"
+    assert type(loss.grad_fn).__name__ != "SlicedCrossEntropyBackward"
     torch.testing.assert_close(loss, F.cross_entropy(h @ weight.T, targets))
 
 
@@ -93,12 +94,12 @@ def test_a_target_outside_the_vocabulary_raises(bad):
 def test_under_cpu_bfloat16_autocast_the_slices_multiply_in_bfloat16_and_match_the_full_logits(monkeypatch):
     """The bfloat16 kernel on the same slices: within bfloat16's precision of the float64 reference, as autocast's
     own F.linear + F.cross_entropy would be."""
-    monkeypatch.setattr(loss_module, "VOCAB_SLICE", 16)
+    monkeypatch.setattr(cpu_kernels, "VOCAB_SLICE", 16)
     h, weight, targets = problem()
     weight.requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = lm_head_loss(h, weight, targets)
-    assert type(loss.grad_fn).__name__ == "_SlicedCrossEntropyBackward" and loss.dtype == torch.float32
+    assert type(loss.grad_fn).__name__ == "SlicedCrossEntropyBackward" and loss.dtype == torch.float32
     loss.backward()
     expected_loss, expected_dh, expected_dw = reference(h, weight, targets)
     torch.testing.assert_close(loss, expected_loss, atol=0, rtol=2e-2)

@@ -46,7 +46,7 @@ def test_batch_one_prefix_broadcasts_over_the_batch(gpt):
 def test_positions_from_zero_numbers_real_tokens_from_zero(gpt):
     idx, prefix = tokens(2, 7), gpt.keys_values(tokens(2, 4))
     shifted, _ = gpt(idx, prefix=prefix)
-    from_zero, _ = gpt(idx, prefix=prefix, positions_from_zero=True)
+    from_zero, _ = gpt(idx, cache=KVCache.start(2, prefix, positions_from_zero=True))
     assert not torch.allclose(shifted, from_zero)
     # By hand: the same attention with position embeddings 0..6 instead of 4..10.
     wpe = gpt.transformer.wpe.weight
@@ -63,7 +63,13 @@ def test_prefix_and_sequence_beyond_the_position_table_is_a_clear_error(gpt):
     gpt(tokens(1, 8), prefix=prefix)  # 40 + 8 = 48 positions: fits exactly
     with pytest.raises(UserError, match="position table"):
         gpt(tokens(1, 9), prefix=prefix)
-    gpt(tokens(1, 9), prefix=prefix, positions_from_zero=True)  # from zero it fits
+    gpt(tokens(1, 9), cache=KVCache.start(1, prefix, positions_from_zero=True))  # from zero it fits
+
+
+def test_prefix_is_keyword_only(gpt):
+    prefix = gpt.keys_values(tokens(1, 3))
+    with pytest.raises(TypeError):
+        gpt(tokens(1, 4), None, prefix)
 
 
 def test_malformed_prefix_is_refused(gpt):
@@ -130,8 +136,6 @@ def test_mask_is_causal_from_the_lower_right():
     assert torch.equal(mask, expected)
     top_left = torch.ones(3, 5, dtype=torch.bool).tril()
     assert not torch.equal(mask, top_left)
-    later_queries = attention_mask_for(T=3, L=2, key_mask=None, device="cpu", outputs_from=1)[0, 0]
-    assert torch.equal(later_queries, expected[1:])
 
 
 def test_loss_is_the_mean_over_positions_with_a_target(gpt):
@@ -147,10 +151,10 @@ def test_loss_is_the_mean_over_positions_with_a_target(gpt):
 
 
 def test_frozen_gpts_loss_and_prefix_gradient_match_the_full_logits(gpt, monkeypatch):
-    """The training path: outputs of the top block only from the first target on, the loss sliced over the
-    vocabulary. With a prefix and right padding, it must equal cross-entropy over logits of every position."""
-    from model import loss as loss_module
-    monkeypatch.setattr(loss_module, "VOCAB_SLICE", 32)  # 97 = 3 slices of 32 and one of 1
+    """The training path: the LM head only at the positions with a target, the loss sliced over the vocabulary.
+    With a prefix and right padding, it must equal cross-entropy over logits of every position."""
+    from model import cpu_kernels
+    monkeypatch.setattr(cpu_kernels, "VOCAB_SLICE", 32)  # 97 = 3 slices of 32 and one of 1
     frozen = GPT(gpt.config).eval().requires_grad_(False)
     frozen.load_state_dict(gpt.state_dict())
     idx, targets = tokens(3, 12), tokens(3, 12)

@@ -9,7 +9,7 @@ from peft import PeftModel, PrefixTuningConfig, get_peft_model
 from common.errors import UserError
 from conftest import DEVICES, on_device, run_script
 from hub_checkpoint import random_hf_gpt2, write_checkpoint
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, KVCache
 from model.generate import generate
 from prefix import PrefixTuning, freeze, parameter_report
 from prefix.ablations import EmbeddingOnly, InfixTuning, build_prefix, init_from_text
@@ -150,9 +150,25 @@ def test_export_then_load_reproduces_the_logits_exactly(gpt, tmp_path):
     assert loaded.positions_from_zero
     idx = torch.randint(0, V, (2, 8))
     with torch.no_grad():
-        assert torch.equal(gpt(idx, prefix=loaded(2), positions_from_zero=True)[0],
-                           gpt(idx, prefix=prefix(2), positions_from_zero=True)[0])
+        assert torch.equal(gpt(idx, cache=loaded.cache(2, loaded(2)))[0],
+                           gpt(idx, cache=prefix.cache(2, prefix(2)))[0])
     assert prefix_metadata(tmp_path / "prefix.safetensors")["base_model"] == "tiny"
+
+
+@pytest.mark.parametrize("from_zero", [False, True])
+def test_the_loss_and_decoding_number_the_tokens_as_the_prefix_says(gpt, from_zero):
+    """The prefix owns its position convention: its loss and its decoding cache give the real tokens positions P..
+    (the default) or 0.. (positions_from_zero), as KVCache.start does for the GPT."""
+    prefix = PrefixTuning(gpt.config, 4, mid_dim=16, positions_from_zero=from_zero)
+    idx, targets = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
+    with torch.no_grad():
+        kv = prefix(2)
+        want = {zero: gpt(idx, targets, cache=KVCache.start(2, kv, positions_from_zero=zero))[1]
+                for zero in (False, True)}
+        assert not torch.equal(want[False], want[True])
+        assert torch.equal(prefix.loss(gpt, idx, targets, kv), want[from_zero])
+        cache, prompt, _ = prefix.start_decoding(gpt, idx, None)
+        assert cache.next_position.tolist() == [0 if from_zero else 4] * 2
 
 
 def test_a_mismatched_artifact_is_refused(gpt, tmp_path):
@@ -204,7 +220,7 @@ def test_reparameterization_shapes_and_options(gpt):
     c = gpt.config
     with_mlp, direct = PrefixTuning(c, 7, mid_dim=32), PrefixTuning(c, 7, reparam=False)
     assert with_mlp.table.shape == (7, c.n_embd) and with_mlp.activations().shape == (7, c.n_layer * 2 * c.n_embd)
-    assert [type(m).__name__ for m in with_mlp.mlp] == ["Linear", "Tanh", "Linear"]
+    assert [type(m).__name__ for m in with_mlp.mlp] == ["OneDnnLinear", "Tanh", "OneDnnLinear"]
     assert with_mlp.mlp[0].out_features == 32
     assert direct.mlp is None and direct.table.shape == (7, c.n_layer * 2 * c.n_embd)
     kv = with_mlp(5)
