@@ -146,8 +146,11 @@ class GPT(nn.Module):
         h = self._hidden_states(self.transformer.wte(idx), cache, attention_mask)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
         if targets is None:  # p(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2): the logits W_φ h_i
             return self.lm_head(h[:, -1:] if last_only else h), None
-        supervised = targets != -100
-        return None, lm_head_loss(h[supervised], self.lm_head.weight, targets[supervised])
+        if h.device.type == "cpu":  # the LM head on the positions with a target alone; finding them is free here
+            supervised = targets != -100
+            return None, lm_head_loss(h[supervised], self.lm_head.weight, targets[supervised])
+        # on an accelerator, selecting those rows would make the host wait to learn how many there are
+        return None, lm_head_loss(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
     def keys_values(self, idx: Tensor | None = None, embeddings: Tensor | None = None) -> list[KV]:
         """The (K, V) every layer computes for a sequence (token ids or input embeddings), from position 0.

@@ -9,7 +9,8 @@ from model import cpu_kernels
 def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
     """−(1/N) Σ_i log p(t_i | h_i), p = softmax(W_φ h_i)  (eqs. 2 and 3).
 
-    h (N, C): the final hidden states at the N positions with a target; weight (vocab, C); targets (N,) ids.
+    h (N, C): final hidden states; weight (vocab, C); targets (N,) ids, or -100 where a position has none (on the
+    plain path only: the CPU fast path is given the positions with a target alone).
     """
     if cpu_kernels.sliced_loss_applies(h, weight):  # the same loss without (N, vocab) logits: model/cpu_kernels.py
         return cpu_kernels.sliced_cross_entropy(h, weight, targets)
