@@ -150,19 +150,7 @@ def main(argv=None):
     mixed_precision = autocast(device, dtype)
     torch.manual_seed(args.seed)  # the same initial prefix everywhere (DDP also broadcasts rank 0's)
 
-    # ---- data and model: everything a user can get wrong is checked before the heavy work ---------------------
-    directory = checkpoint_dir(args.init_from)
-    config = read_config(directory)
-    tokenizer = get_tokenizer(directory)
-    train_data, val_data = training_data(args, tokenizer, config)
-    init_ids = init_text_ids(args, tokenizer)
-    say(f"train: {train_data.describe()}\nval:   {val_data.describe()}")
-    model = freeze(GPT.from_pretrained(str(directory)).to(device))
-    gpt_parameters = sum(p.numel() for p in model.parameters())  # counted before a baseline adds its own
-    method = build_method(args, model).to(device)
-    if init_ids is not None and checkpoint is None:
-        init_from_text(method, model, init_ids)
-    say(parameter_report(method, model) if args.tuning_mode == "prefix" else method.report(gpt_parameters))
+    config, tokenizer, train_data, val_data, model, method = build(args, device, checkpoint is None, say)
     # fused: one kernel for the whole update instead of a dozen passes per tensor (7x faster on the 2-core CPU)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=args.learning_rate,
                                   weight_decay=args.weight_decay, fused=True)
@@ -353,7 +341,25 @@ def stop_on_ctrl_c() -> list:
     return interrupted
 
 
-# ---- data, schedule, objective, validation -------------------------------------------------------------------
+# ---- data, model, schedule, objective, validation -------------------------------------------------------------
+
+def build(args: argparse.Namespace, device: torch.device, fresh: bool, say):
+    """(config, tokenizer, train data, dev data, the frozen GPT, the method that trains), with everything a user
+    can get wrong checked before the heavy work. A fresh run's prefix may start from --init_text's activations."""
+    directory = checkpoint_dir(args.init_from)
+    config = read_config(directory)
+    tokenizer = get_tokenizer(directory)
+    train_data, val_data = training_data(args, tokenizer, config)
+    init_ids = init_text_ids(args, tokenizer)
+    say(f"train: {train_data.describe()}\nval:   {val_data.describe()}")
+    model = freeze(GPT.from_pretrained(str(directory)).to(device))
+    gpt_parameters = sum(p.numel() for p in model.parameters())  # counted before a baseline adds its own
+    method = build_method(args, model).to(device)
+    if init_ids is not None and fresh:
+        init_from_text(method, model, init_ids)
+    say(parameter_report(method, model) if args.tuning_mode == "prefix" else method.report(gpt_parameters))
+    return config, tokenizer, train_data, val_data, model, method
+
 
 def training_data(args: argparse.Namespace, tokenizer, config: GPTConfig):
     """The training pairs (all, or --train_examples of them drawn from --seed) and the dev split, checked to fit

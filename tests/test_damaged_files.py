@@ -460,9 +460,9 @@ def small_checkpoint():
     optimizer = torch.optim.AdamW(method.parameters())
     sum(p.sum() for p in method.parameters()).backward()
     optimizer.step()
-    return {"iter": 3, "best_val_loss": 2.5, "trained": method.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": [torch.get_rng_state()], "args": {"init_from": "gpt2", "prefix_len": 2},
-            "config": {"n_layer": 1}}
+    return {"run_id": "20261130-000000-abcdef", "iter": 3, "best_val_loss": 2.5, "trained": method.state_dict(),
+            "optimizer": optimizer.state_dict(), "rng": [torch.get_rng_state()], "device_rng": [{}],
+            "args": {"init_from": "gpt2", "prefix_len": 2}, "config": {"n_layer": 1}}
 
 
 def structure(value):
@@ -480,6 +480,9 @@ def structure(value):
     (lambda c: [c], "holds a list, not a dict"),
     (lambda c: {k: v for k, v in c.items() if k != "rng"}, "lacks rng"),
     (lambda c: {**c, "rng": [torch.zeros(3, dtype=torch.uint8)]}, "its rng is not one generator state per process"),
+    (lambda c: {**c, "device_rng": [{"tpu": torch.zeros(3, dtype=torch.uint8)}]},
+     "its device_rng is not one accelerator generator state"),
+    (lambda c: {**c, "run_id": 7}, "its run_id is not a run id"),
     (lambda c: {**c, "iter": "3"}, "its iter is not a count of iterations"),
     (lambda c: {**c, "trained": {"table": [1.0]}}, "its trained is not a state dict of tensors"),
     (lambda c: {**c, "optimizer": {"state": {}}}, "its optimizer is not an optimizer's state dict"),
@@ -493,7 +496,16 @@ def test_a_checkpoint_that_train_py_did_not_write_is_one_sentence(tmp_path, edit
 
 
 def test_training_checkpoint_mutations(scratch):
-    from prefix.artifact import read_training_checkpoint
+    """What resume does with a damaged ckpt.pt: read it, then put its tensors into the method its settings build
+    (a damaged tensor name only shows there)."""
+    from prefix.artifact import read_training_checkpoint, restore_training_state
+    from prefix.tuning import PrefixTuning
+
+    def read_training_checkpoint_and_restore(path):
+        checkpoint = read_training_checkpoint(path)
+        method = PrefixTuning(TINY, 2, mid_dim=4)
+        restore_training_state(path, checkpoint, method, torch.optim.AdamW(method.parameters()))
+        return checkpoint
     path = scratch / "ckpt.pt"
     torch.save(small_checkpoint(), path)
     original, data = structure(read_training_checkpoint(path)), path.read_bytes()
@@ -502,7 +514,7 @@ def test_training_checkpoint_mutations(scratch):
         kind = rng.randrange(3)
         path.write_bytes(data[:rng.randrange(len(data))] if kind == 0 else
                          flip_bit(data, rng) if kind == 1 else data + bytes(rng.randrange(1, 30)))
-        loaded = loads(read_training_checkpoint, path)
+        loaded = loads(read_training_checkpoint_and_restore, path)
         if isinstance(loaded, UserError):
             refused += 1
         else:
