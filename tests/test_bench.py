@@ -58,7 +58,7 @@ def test_full_weights_prints_the_training_rows_only():
 @pytest.mark.parametrize("device", DEVICES)
 def test_bench_peft_runs_both_sides_and_prints_the_ratios(device):
     pytest.importorskip("peft")
-    out = run("bench_peft.py", "--repeats", "1", "--device", device)
+    out = run("bench_peft.py", "--device", device)  # --quick: one process per side
     assert "run 1/1 ours:" in out and "run 1/1 peft:" in out
     table = out[out.index("ours against peft"):]
     for row in ROWS:
