@@ -4,7 +4,7 @@
     python bench.py --quick            # a tiny model and a few iterations: checks that everything runs
     python bench.py --full_weights     # full-weight training of our GPT instead (no prefix)
     python bench.py --loading          # the peak RSS of loading a checkpoint of the model's shape instead
-    python bench_peft.py               # the same work in transformers + PEFT against ours (bench_peft.py)
+    python bench_peft.py               # the same work in transformers + PEFT against ours
 
 Speed does not depend on the weights' values, so the model is random and nothing is downloaded.
   training step  forward, backward and AdamW on the prefix (P' and its MLP), the GPT frozen, the loss on the
@@ -46,7 +46,7 @@ from prefix import PrefixTuning, freeze
 
 # --quick: defaults for a tiny model and a few iterations (flags given explicitly still win)
 QUICK = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=128, batch_size=2, seq_len=16, supervised=8,
-             prefix_len=4, mid_dim=32, warmup=1, steps=2, new_tokens=4, beams=2, repeats=1, matmul_size=256)
+             prefix_len=4, mid_dim=32, warmup=1, steps=2, new_tokens=4, beams=2, matmul_size=256)
 
 
 def work_parser(description: str) -> ArgumentParser:

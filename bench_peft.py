@@ -25,10 +25,12 @@ from common.cli import autocast, check_ranges
 
 def parse_args(argv=None):
     p = work_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=5, help="processes per side")
+    p.add_argument("--repeats", type=int, help="processes per side (default: 5, or 1 with --quick)")
     p.add_argument("--side", choices=["ours", "peft"],
                    help="measure this side once, in this process, and print its JSON (what each fresh process runs)")
     args = parse_work(p, argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
     check_ranges(args, positive=("repeats",))
     if not (find_spec("transformers") and find_spec("peft")):
         raise UserError("measuring PEFT needs transformers and peft: pip install -r requirements-dev.txt")

@@ -64,7 +64,7 @@ def test_loading_prints_the_peak_rss_of_loading_a_checkpoint_of_the_models_shape
 @pytest.mark.parametrize("device", DEVICES)
 def test_bench_peft_runs_both_sides_and_prints_the_ratios(device):
     pytest.importorskip("peft")
-    out = run("bench_peft.py", "--repeats", "1", "--device", device)
+    out = run("bench_peft.py", "--device", device)  # --quick: one process per side
     assert "run 1/1 ours:" in out and "run 1/1 peft:" in out
     table = out[out.index("ours against peft"):]
     for row in ROWS:

@@ -28,7 +28,7 @@ def assert_same_logits(ours: GPT, hf, vocab=101, T=16):
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["oneDNN", "nn.Linear"])
 def test_frozen_model_matches_transformers_on_either_cpu_kernel(tmp_path, monkeypatch, onednn):
-    """Frozen, as in prefix-tuning, the loss takes the sliced path where oneDNN is used (model/loss.py)."""
+    """Frozen, as in prefix-tuning, the loss takes the sliced path where oneDNN is used (model/cpu_kernels.py)."""
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
     hf = random_hf_gpt2(**SHAPES[1], seed=3)
     ours = GPT.from_pretrained(str(write_checkpoint(hf, tmp_path, "hub", "safetensors"))).requires_grad_(False)
