@@ -56,7 +56,7 @@ def test_full_weights_prints_the_training_rows_only():
 
 
 def test_loading_prints_the_peak_rss_of_loading_a_checkpoint_of_the_models_shape():
-    out = run("--loading")
+    out = run("bench.py", "--loading")
     assert out.startswith("loading a ") and "(2 layers, 64 wide, vocab 512, random weights): peak RSS " in out
     assert out.rstrip().endswith("x the checkpoint's size") and "training" not in out
 
