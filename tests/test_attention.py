@@ -138,9 +138,9 @@ def test_the_keys_named_prefix_are_the_trained_ones_and_the_shares_add_up(gpt, c
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_gpt2, shared, tmp_path_factory):
+def trained_run(tiny_gpt2, e2e_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e",
+    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
                         "--out_dir", out, "--max_iters", "8", "--eval_interval", "8", "--eval_iters", "2",
                         "--batch_size", "4", "--learning_rate", "1e-2")
     assert result.returncode == 0, result.stderr
@@ -157,8 +157,8 @@ def test_the_command_draws_a_run_of_the_tiny_model(trained_run, tmp_path):
     assert all(abs(sum(map(int, shares)) - 100) <= 2 for _, *shares in layers)
 
 
-def test_a_run_without_a_prefix_is_one_sentence(tiny_gpt2, shared, tmp_path):
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e", "--out_dir",
+def test_a_run_without_a_prefix_is_one_sentence(tiny_gpt2, e2e_dir, tmp_path):
+    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
                         tmp_path, "--tuning_mode", "lora", "--max_iters", "2", "--eval_interval", "2",
                         "--eval_iters", "1", "--batch_size", "2")
     assert result.returncode == 0, result.stderr

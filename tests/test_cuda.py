@@ -101,12 +101,12 @@ def test_beam_search_runs_on_cuda(cuda_gpt, prefix, dtype):
     assert all(0 <= token < EOT for text in texts for token in text)
 
 
-def test_a_run_killed_and_resumed_on_cuda_with_prefix_dropout_ends_bitwise_equal(tiny_gpt2, shared, tmp_path):
+def test_a_run_killed_and_resumed_on_cuda_with_prefix_dropout_ends_bitwise_equal(tiny_gpt2, e2e_dir, tmp_path):
     """train.py on the GPU with prefix dropout, SIGKILLed once a checkpoint exists and resumed, against the same
     run uninterrupted. --eval_iters 0 validates on the whole dev split, which keeps a GPU run of the tiny model
     busy long enough to be killed between its first checkpoint and its end."""
     from test_train import kill_after_first_checkpoint_and_resume
-    reference, resumed = kill_after_first_checkpoint_and_resume(tiny_gpt2, shared, tmp_path, "--device", "cuda",
+    reference, resumed = kill_after_first_checkpoint_and_resume(tiny_gpt2, e2e_dir, tmp_path, "--device", "cuda",
                                                                 "--prefix_dropout", "0.2", "--eval_iters", "0")
     for name in ("prefix.safetensors", "prefix_best.safetensors"):
         assert torch.equal(safetensors.load_file(resumed / name)["prefix"],

@@ -3,7 +3,7 @@ line by line against their dev and test files, and trained on, decoded and score
 import pytest
 
 from common import UserError
-from conftest import run_script
+from conftest import needs_full_data, run_script
 from data import load_examples, tokenized_split
 from data.e2e_authors import authors_text
 from metrics import e2e_scores
@@ -23,11 +23,11 @@ def authors_lines(shared):
 
 
 @pytest.mark.parametrize("split", ["dev", "test"])
-def test_authors_text_reproduces_their_files(shared, authors_lines, split):
+def test_authors_text_reproduces_their_files(e2e_dir, authors_lines, split):
     """At least 99% of the lines come out exactly as in the authors' file (measured: all but one of 4,672 dev and
     of 4,693 test lines); the tables and their order were equal before any rewriting."""
-    official = load_examples("e2e", split, shared / "data" / "e2e")
-    authors = load_examples("e2e", split, shared / "data" / "e2e", text_form="authors")
+    official = load_examples("e2e", split, e2e_dir)
+    authors = load_examples("e2e", split, e2e_dir, text_form="authors")
     ours = [(ex.table, ref) for ex in authors for ref in ex.references]
     theirs = authors_lines[split]
     assert [table for table, _ in ours] == [table for table, _ in theirs]
@@ -50,27 +50,26 @@ def test_the_two_files_tokenized_differently(official, dev_file, test_file):
     assert authors_text(official, "test") == test_file
 
 
-def test_authors_text_is_for_e2e_only(shared):
+def test_authors_text_is_for_e2e_only(e2e_dir, webnlg_dir):
     with pytest.raises(UserError, match="exists for E2E only"):
-        load_examples("webnlg", "test", shared / "data" / "webnlg", text_form="authors")
+        load_examples("webnlg", "test", webnlg_dir, text_form="authors")
     with pytest.raises(UserError, match="unknown text form 'ptb'"):
-        load_examples("e2e", "test", shared / "data" / "e2e", text_form="ptb")
+        load_examples("e2e", "test", e2e_dir, text_form="ptb")
 
 
-def test_training_sequences_hold_the_authors_text(shared, tokenizer):
-    e2e_dir = shared / "data" / "e2e"
+def test_training_sequences_hold_the_authors_text(e2e_dir, tokenizer):
     first = load_examples("e2e", "dev", e2e_dir)[0]
     for text_form, text in [("official", first.references[0]), ("authors", authors_text(first.references[0], "dev"))]:
         sequences = tokenized_split("e2e", "dev", tokenizer, e2e_dir, text_form)  # cached apart from each other
         assert tokenizer.decode(sequences[0][sequences.loss_starts[0]:].tolist()) == f" {text} <|endoftext|>"
 
 
-def test_decoded_text_is_cleaned_up_as_transformers_decodes(shared, tokenizer):
+def test_decoded_text_is_cleaned_up_as_transformers_decodes(gpt2_dir, tokenizer):
     assert as_the_authors_decode(" Blue Spice is n't cheap , it 's near Café Sicilia . ") == \
         "Blue Spice isn't cheap, it's near Café Sicilia."
     assert as_the_authors_decode("  ") == "Error"  # what their run_generation.py writes for an empty text
     transformers = pytest.importorskip("transformers")
-    hf = transformers.GPT2Tokenizer(str(shared / "gpt2" / "encoder.json"), str(shared / "gpt2" / "vocab.bpe"))
+    hf = transformers.GPT2Tokenizer(str(gpt2_dir / "encoder.json"), str(gpt2_dir / "vocab.bpe"))
     for text in [" a ' b 'm c 've d 're e ? f ! g , h .", " The Mill 's family - friendly . You 'll see ! ",
                  " There is a ' 5 out of 5 ' rated , £ 20 - 25 pub called ' The Mill ' ."]:
         ids = tokenizer.encode_ordinary(text)
@@ -78,21 +77,22 @@ def test_decoded_text_is_cleaned_up_as_transformers_decodes(shared, tokenizer):
         assert as_the_authors_decode(tokenizer.decode(ids)) == hf.clean_up_tokenization(hf.decode(ids)).strip()
 
 
-def test_scoring_against_the_authors_references(shared):
+@needs_full_data
+def test_scoring_against_the_authors_references(e2e_dir):
     """Their own references, decoded as they decode, score nearly perfectly against the authors' references (the
     clean-up joins quotes: "called ' Aromi '" -> "called'Aromi'"), far less against the official ones: the
     hypotheses keep "family - friendly"."""
-    authors = load_examples("e2e", "dev", shared / "data" / "e2e", text_form="authors")
-    official = load_examples("e2e", "dev", shared / "data" / "e2e")
+    authors = load_examples("e2e", "dev", e2e_dir, text_form="authors")
+    official = load_examples("e2e", "dev", e2e_dir)
     texts = [as_the_authors_decode(ex.references[0]) for ex in authors]
     assert e2e_scores(texts, [ex.references for ex in authors], coco=False)["BLEU"] > 99  # measured 99.3
     assert e2e_scores(texts, [ex.references for ex in official], coco=False)["BLEU"] < 96  # measured 94.9
     assert float(report("e2e", *score("e2e", authors, texts, coco=False)).split("\n")[1].split()[0]) > 99
 
 
-def test_train_and_sample_with_the_authors_text(tiny_gpt2, shared, tmp_path):
+def test_train_and_sample_with_the_authors_text(tiny_gpt2, e2e_dir, tmp_path):
     from prefix.artifact import read_training_checkpoint
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e", "--out_dir",
+    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
                         tmp_path, "--e2e_text", "authors", "--max_iters", "2", "--eval_interval", "2",
                         "--eval_iters", "1", "--batch_size", "2")
     assert result.returncode == 0, result.stderr

@@ -16,14 +16,14 @@ E2E_KEYS = "name|Type|food|price|customer rating|family friendly|area|near"
 E2E_TABLE = re.compile(rf"\b({E2E_KEYS}) : [^|]+ \| ({E2E_KEYS}) : ")  # "name : X | Type : Y": two E2E fields in a row
 
 
-def data_flags(shared):
-    return ["--e2e_dir", shared / "data" / "e2e", "--webnlg_dir", shared / "data" / "webnlg"]
+def data_flags(e2e_dir, webnlg_dir):
+    return ["--e2e_dir", e2e_dir, "--webnlg_dir", webnlg_dir]
 
 
-def test_pretrain_small_quick_writes_a_checkpoint_transformers_loads_and_resumes(shared, tmp_path):
+def test_pretrain_small_quick_writes_a_checkpoint_transformers_loads_and_resumes(e2e_dir, webnlg_dir, tmp_path):
     from transformers import GPT2LMHeadModel
     out = tmp_path / "small"
-    result = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out, *data_flags(shared))
+    result = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out, *data_flags(e2e_dir, webnlg_dir))
     assert result.returncode == 0, result.stderr
     assert "resuming" not in result.stdout
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
@@ -41,25 +41,25 @@ def test_pretrain_small_quick_writes_a_checkpoint_transformers_loads_and_resumes
     assert (tmp_path / "small.state" / "ckpt.pt").exists()
     # a second call continues the saved run rather than starting over, and writes the same model
     weights = (out / "model.safetensors").read_bytes()
-    again = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out, *data_flags(shared))
+    again = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out, *data_flags(e2e_dir, webnlg_dir))
     assert again.returncode == 0, again.stderr
     assert "resuming at iteration 4" in again.stdout
     assert (out / "model.safetensors").read_bytes() == weights
 
 
-def test_pretrain_small_refuses_to_resume_with_other_settings(shared, tmp_path):
+def test_pretrain_small_refuses_to_resume_with_other_settings(e2e_dir, webnlg_dir, tmp_path):
     out = tmp_path / "small"
     assert run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out,
-                      *data_flags(shared)).returncode == 0
+                      *data_flags(e2e_dir, webnlg_dir)).returncode == 0
     result = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out, "--seed", "5",
-                        *data_flags(shared))
+                        *data_flags(e2e_dir, webnlg_dir))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "other settings" in result.stderr
 
 
 @pytest.fixture(scope="module")
-def small_corpus(shared, tokenizer):
+def small_corpus(e2e_dir, webnlg_dir, tokenizer):
     from experiments.pretrain_small import build_corpus
-    return build_corpus(tokenizer, shared / "data" / "e2e", shared / "data" / "webnlg", seed=0, limit=300)
+    return build_corpus(tokenizer, e2e_dir, webnlg_dir, seed=0, limit=300)
 
 
 def test_copy_probe_rows_are_a_span_followed_by_itself(small_corpus):
@@ -69,10 +69,10 @@ def test_copy_probe_rows_are_a_span_followed_by_itself(small_corpus):
     assert len({tuple(row) for row in probe}) > 200  # spans from all over the held-out text, not one
 
 
-def test_the_pretraining_corpus_never_shows_an_e2e_table(small_corpus, shared, tokenizer):
+def test_the_pretraining_corpus_never_shows_an_e2e_table(small_corpus, e2e_dir, tokenizer):
     from data import load_examples
     train = tokenizer.decode(small_corpus["train"].tolist())
-    examples = load_examples("e2e", "train", shared / "data" / "e2e")
+    examples = load_examples("e2e", "train", e2e_dir)
     assert examples[0].references[0] in train  # E2E's texts are there (the check below can fail) ...
     assert E2E_TABLE.search(" | ".join(ex.table for ex in examples[:3]))  # ... and the pattern finds a table
     assert not E2E_TABLE.search(train)  # but no table
@@ -82,11 +82,11 @@ def test_the_pretraining_corpus_never_shows_an_e2e_table(small_corpus, shared, t
     assert re.search(r"\S+ : \S+ : ", train)
 
 
-def test_e2e_small_quick_runs_every_method_then_reuses_every_run(shared, tmp_path):
+def test_e2e_small_quick_runs_every_method_then_reuses_every_run(e2e_dir, webnlg_dir, tmp_path):
     work, results = tmp_path / "runs", tmp_path / "results"
     coco = shutil.which("java") is not None and importlib.util.find_spec("pycocoevalcap") is not None
     command = ["-m", "experiments.e2e_small", "--quick", "--work_dir", work, "--results_dir", results,
-               *data_flags(shared), *([] if coco else ["--no-coco"])]
+               *data_flags(e2e_dir, webnlg_dir), *([] if coco else ["--no-coco"])]
     result = run_script(*command, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     markdown = (results / "results.md").read_text(encoding="utf-8")

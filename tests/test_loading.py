@@ -179,9 +179,9 @@ def test_a_missing_file_and_an_unknown_dtype_are_one_sentence(tmp_path):
 # ---- downloading from the hub, against a loopback server -------------------------------------------------
 
 @pytest.fixture
-def hub(tmp_path, shared, monkeypatch):
+def hub(tmp_path, gpt2_dir, monkeypatch):
     hf = random_hf_gpt2(vocab_size=50257)
-    write_checkpoint(hf, tmp_path / "hub" / "gpt2" / "resolve" / "main", tokenizer_dir=shared / "gpt2")
+    write_checkpoint(hf, tmp_path / "hub" / "gpt2" / "resolve" / "main", tokenizer_dir=gpt2_dir)
     server = FileServer(tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     yield server, hf
@@ -385,20 +385,20 @@ class socket_closed_port:
 
 # ---- tokenizer ----------------------------------------------------------------------------------------------
 
-def test_tokenizer_from_checkpoint_files_equals_tiktoken(shared, tmp_path):
+def test_tokenizer_from_checkpoint_files_equals_tiktoken(gpt2_dir, tmp_path):
     import tiktoken
-    write_checkpoint(random_hf_gpt2(), tmp_path, tokenizer_dir=shared / "gpt2")
+    write_checkpoint(random_hf_gpt2(), tmp_path, tokenizer_dir=gpt2_dir)
     ours, reference = get_tokenizer(tmp_path), tiktoken.get_encoding("gpt2")
     text = " name : The Vaults | price : more than £ 30 <|endoftext|> Café  naïve\n\n 1234 it's"
     assert ours.encode(text, allowed_special="all") == reference.encode(text, allowed_special="all")
     assert ours.n_vocab == reference.n_vocab == 50257
 
 
-def test_tokenizer_files_that_disagree(shared, tmp_path):
-    lines = (shared / "gpt2" / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+def test_tokenizer_files_that_disagree(gpt2_dir, tmp_path):
+    lines = (gpt2_dir / "vocab.bpe").read_text(encoding="utf-8").splitlines()
     (tmp_path / "merges.txt").write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]), encoding="utf-8")
     with pytest.raises(UserError, match="do not describe the same"):
-        from_files(shared / "gpt2" / "encoder.json", tmp_path / "merges.txt")
+        from_files(gpt2_dir / "encoder.json", tmp_path / "merges.txt")
 
 
 def test_tokenizer_offline_without_files_says_what_to_do(tmp_path, monkeypatch):
@@ -448,17 +448,17 @@ def test_save_pretrained_replaces_an_earlier_checkpoint_whole(tokenizer, tmp_pat
     assert torch.equal(loaded.transformer.wte.weight, second.transformer.wte.weight)
 
 
-def test_save_tokenizer_files_writes_the_hub_files_of_gpt2(shared, tmp_path):
+def test_save_tokenizer_files_writes_the_hub_files_of_gpt2(gpt2_dir, tmp_path):
     import json
 
     import tiktoken
     from model.tokenizer import save_tokenizer_files
     save_tokenizer_files(tiktoken.get_encoding("gpt2"), tmp_path)
     written = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
-    assert written == json.loads((shared / "gpt2" / "encoder.json").read_text(encoding="utf-8"))
+    assert written == json.loads((gpt2_dir / "encoder.json").read_text(encoding="utf-8"))
     merge_lines = lambda path: [line for line in path.read_text(encoding="utf-8").splitlines()
                                 if line and not line.startswith("#version")]
-    ours, theirs = merge_lines(tmp_path / "merges.txt"), merge_lines(shared / "gpt2" / "vocab.bpe")
+    ours, theirs = merge_lines(tmp_path / "merges.txt"), merge_lines(gpt2_dir / "vocab.bpe")
     assert len(ours) == 50000 and ours == theirs  # every merge, in rank order
     reloaded = from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
     assert reloaded.encode(" Café naïve £30") == tiktoken.get_encoding("gpt2").encode(" Café naïve £30")

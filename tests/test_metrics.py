@@ -13,10 +13,10 @@ from metrics.mteval import tokenize
 
 
 @pytest.fixture(scope="module")
-def held_out(shared) -> tuple[list[str], list[list[str]]]:
+def held_out(e2e_dir) -> tuple[list[str], list[list[str]]]:
     """Each dev MR's first reference as the hypothesis, the remaining ones as its references."""
     from data import load_examples
-    examples = load_examples("e2e", "dev", shared / "data" / "e2e")
+    examples = load_examples("e2e", "dev", e2e_dir)
     groups = [example.references for example in examples if len(example.references) > 1]
     return [group[0] for group in groups], [list(group[1:]) for group in groups]
 

@@ -26,11 +26,11 @@ def records(iters: int, start_loss: float) -> list[dict]:
     return log
 
 
-def test_two_runs_of_train_py_overlaid_in_one_png(tiny_gpt2, shared, tmp_path):
+def test_two_runs_of_train_py_overlaid_in_one_png(tiny_gpt2, e2e_dir, tmp_path):
     runs = []
     for length in (2, 5):
         runs.append(tmp_path / f"len{length}")
-        result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e",
+        result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
                             "--out_dir", runs[-1], "--prefix_len", length, "--max_iters", "12", "--eval_interval",
                             "6", "--eval_iters", "2", "--batch_size", "4", "--log_interval", "3")
         assert result.returncode == 0, result.stderr

@@ -204,9 +204,9 @@ def test_temperature_sharpens_and_flattens():
 # ---- sample.py --------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_gpt2, shared, tmp_path_factory):
+def trained_run(tiny_gpt2, e2e_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e",
+    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
                         "--out_dir", out, "--max_iters", "8", "--eval_interval", "8", "--eval_iters", "2",
                         "--batch_size", "4", "--learning_rate", "1e-2")
     assert result.returncode == 0, result.stderr
@@ -237,7 +237,7 @@ def test_sample_scores_a_split_in_the_papers_layout(trained_run, tmp_path):
     assert len((tmp_path / "dev.txt").read_text(encoding="utf-8").splitlines()) == 6
 
 
-def test_a_split_leaves_an_evaluation_that_rescoring_reproduces(trained_run, shared, tmp_path):
+def test_a_split_leaves_an_evaluation_that_rescoring_reproduces(trained_run, e2e_dir, tmp_path):
     """out_dir/eval/e2e-dev/: tables and hypotheses line by line, references in e2e-metrics' format, scores.json;
     --hypotheses scores those texts again to the same numbers, and --start FILE: decodes the tables line by line."""
     import json
@@ -252,7 +252,7 @@ def test_a_split_leaves_an_evaluation_that_rescoring_reproduces(trained_run, sha
     folder = run / "eval" / "e2e-dev"
     assert sorted(p.name for p in folder.iterdir()) == ["hypotheses.txt", "references.txt", "scores.json",
                                                         "tables.txt"]
-    examples = load_examples("e2e", "dev", shared / "data" / "e2e")[:7]
+    examples = load_examples("e2e", "dev", e2e_dir)[:7]
     assert (folder / "tables.txt").read_text(encoding="utf-8").splitlines() == [ex.table for ex in examples]
     hypotheses = (folder / "hypotheses.txt").read_text(encoding="utf-8")
     assert hypotheses == (tmp_path / "dev.txt").read_text(encoding="utf-8") and len(hypotheses.splitlines()) == 7
@@ -330,9 +330,9 @@ def test_the_java_hint_names_a_flag_sample_py_has(monkeypatch):
     assert flags == ["--no-coco"] and sample.parse_args(["--split", "dev", *flags]).coco is False
 
 
-def test_sample_decodes_an_infix_run(tiny_gpt2, shared, tmp_path):
+def test_sample_decodes_an_infix_run(tiny_gpt2, e2e_dir, tmp_path):
     """An infix sits between each table and its text, also when sample.py decodes a batch of tables."""
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e", "--out_dir",
+    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
                         tmp_path, "--variant", "infix", "--max_iters", "4", "--eval_interval", "4", "--eval_iters", "1")
     assert result.returncode == 0, result.stderr
     result = run_script("sample.py", "--out_dir", tmp_path, "--split", "dev", "--max_examples", "3",

@@ -4,8 +4,8 @@ import re
 from conftest import ROOT, assert_drawn_png, run_script
 
 
-def test_the_tours_command_writes_the_tests_tiny_model(tiny_gpt2, shared, tmp_path):
-    result = run_script("scripts/tiny_gpt2.py", tmp_path / "tiny", "--tokenizer_dir", shared / "gpt2")
+def test_the_tours_command_writes_the_tests_tiny_model(tiny_gpt2, gpt2_dir, tmp_path):
+    result = run_script("scripts/tiny_gpt2.py", tmp_path / "tiny", "--tokenizer_dir", gpt2_dir)
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
         assert (tmp_path / "tiny" / name).read_bytes() == (tiny_gpt2 / name).read_bytes(), name

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, needs_full_data, run_script
 from model import GPT
 from model import safetensors
 from prefix import load_prefix
@@ -19,8 +19,8 @@ FAST = ["--max_iters", "24", "--eval_interval", "8", "--eval_iters", "4", "--bat
         "--learning_rate", "1e-2", "--log_interval", "4"]
 
 
-def train(tiny_gpt2, shared, out_dir, *extra, **kwargs):
-    return run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", shared / "data" / "e2e",
+def train(tiny_gpt2, e2e_dir, out_dir, *extra, **kwargs):
+    return run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
                       "--out_dir", out_dir, *FAST, *extra, **kwargs)
 
 
@@ -28,9 +28,10 @@ def val_losses(out_dir):
     return [r["val_loss"] for r in map(json.loads, open(out_dir / "log.jsonl")) if "val_loss" in r]
 
 
-def test_end_to_end_only_the_prefix_trains_and_validation_loss_falls(tiny_gpt2, shared, tmp_path):
+@needs_full_data
+def test_end_to_end_only_the_prefix_trains_and_validation_loss_falls(tiny_gpt2, e2e_dir, tmp_path):
     weights_before = (tiny_gpt2 / "model.safetensors").read_bytes()
-    result = train(tiny_gpt2, shared, tmp_path)
+    result = train(tiny_gpt2, e2e_dir, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "42,061 sequences" in result.stdout and "% of the GPT's" in result.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"ckpt.pt", "prefix.safetensors", "prefix_best.safetensors",
@@ -61,13 +62,13 @@ def test_end_to_end_only_the_prefix_trains_and_validation_loss_falls(tiny_gpt2, 
     assert torch.isfinite(logits).all()
 
 
-def kill_after_first_checkpoint_and_resume(tiny_gpt2, shared, tmp_path, *extra):
+def kill_after_first_checkpoint_and_resume(tiny_gpt2, e2e_dir, tmp_path, *extra):
     """An uninterrupted run, and the same run SIGKILLed once a checkpoint exists, then resumed: (reference, resumed)."""
     reference = tmp_path / "uninterrupted"
-    result = train(tiny_gpt2, shared, reference, *extra)
+    result = train(tiny_gpt2, e2e_dir, reference, *extra)
     assert result.returncode == 0, result.stderr
     resumed = tmp_path / "killed"
-    command = [sys.executable, "train.py", "--init_from", str(tiny_gpt2), "--data_dir", str(shared / "data" / "e2e"),
+    command = [sys.executable, "train.py", "--init_from", str(tiny_gpt2), "--data_dir", str(e2e_dir),
                "--out_dir", str(resumed), *FAST, *extra]
     victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -90,8 +91,8 @@ def kill_after_first_checkpoint_and_resume(tiny_gpt2, shared, tmp_path, *extra):
     return reference, resumed
 
 
-def test_a_run_killed_at_any_moment_and_resumed_ends_bitwise_equal(tiny_gpt2, shared, tmp_path):
-    reference, resumed = kill_after_first_checkpoint_and_resume(tiny_gpt2, shared, tmp_path)
+def test_a_run_killed_at_any_moment_and_resumed_ends_bitwise_equal(tiny_gpt2, e2e_dir, tmp_path):
+    reference, resumed = kill_after_first_checkpoint_and_resume(tiny_gpt2, e2e_dir, tmp_path)
     for name in ("prefix.safetensors", "prefix_best.safetensors"):
         ours, theirs = safetensors.load_file(resumed / name), safetensors.load_file(reference / name)
         assert torch.equal(ours["prefix"], theirs["prefix"])
@@ -103,16 +104,16 @@ def test_a_run_killed_at_any_moment_and_resumed_ends_bitwise_equal(tiny_gpt2, sh
     ("adapter", ["tuned.safetensors", "tuned_best.safetensors"]),
     ("lora", ["tuned.safetensors", "tuned_best.safetensors"]),
 ])
-def test_a_baseline_killed_and_resumed_ends_bitwise_equal(tiny_gpt2, shared, tmp_path, mode, exports):
-    reference, resumed = kill_after_first_checkpoint_and_resume(tiny_gpt2, shared, tmp_path, "--tuning_mode", mode,
+def test_a_baseline_killed_and_resumed_ends_bitwise_equal(tiny_gpt2, e2e_dir, tmp_path, mode, exports):
+    reference, resumed = kill_after_first_checkpoint_and_resume(tiny_gpt2, e2e_dir, tmp_path, "--tuning_mode", mode,
                                                                 "--adapter_dim", "8")
     for name in exports:
         ours, theirs = safetensors.load_file(resumed / name), safetensors.load_file(reference / name)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def test_ctrl_c_saves_and_exits_and_resume_continues(tiny_gpt2, shared, tmp_path):
-    command = [sys.executable, "train.py", "--init_from", str(tiny_gpt2), "--data_dir", str(shared / "data" / "e2e"),
+def test_ctrl_c_saves_and_exits_and_resume_continues(tiny_gpt2, e2e_dir, tmp_path):
+    command = [sys.executable, "train.py", "--init_from", str(tiny_gpt2), "--data_dir", str(e2e_dir),
                "--out_dir", str(tmp_path), *FAST, "--max_iters", "100000", "--eval_interval", "100000"]
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in run.stdout:  # wait until it is training
@@ -126,8 +127,8 @@ def test_ctrl_c_saves_and_exits_and_resume_continues(tiny_gpt2, shared, tmp_path
     assert state["iter"] >= 4
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_gpt2, shared, tmp_path):
-    result = train(tiny_gpt2, shared, tmp_path, "--learning_rate", "1e30", "--eval_interval", "1")
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_gpt2, e2e_dir, tmp_path):
+    result = train(tiny_gpt2, e2e_dir, tmp_path, "--learning_rate", "1e30", "--eval_interval", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "training diverged by iteration" in result.stderr and "is intact" in result.stderr
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
@@ -158,33 +159,33 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_g
     (["--train_examples", "42062"], "--train_examples 42062 exceeds the 42,061 training pairs"),
     (["--train_examples", "0"], "--train_examples must be a positive integer"),
 ])
-def test_bad_input_is_one_sentence_and_a_nonzero_exit(tiny_gpt2, shared, tmp_path, flags, message):
-    result = train(tiny_gpt2, shared, tmp_path / "run", *flags, timeout=120)
+def test_bad_input_is_one_sentence_and_a_nonzero_exit(tiny_gpt2, e2e_dir, tmp_path, flags, message):
+    result = train(tiny_gpt2, e2e_dir, tmp_path / "run", *flags, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
 
 
-def test_missing_pretrained_weights_offline(shared, tmp_path):
+def test_missing_pretrained_weights_offline(e2e_dir, tmp_path):
     """gpt2 with no network and nothing cached: the sentence that says how to supply it, nothing else."""
-    result = run_script("train.py", "--data_dir", shared / "data" / "e2e", "--out_dir", tmp_path,
+    result = run_script("train.py", "--data_dir", e2e_dir, "--out_dir", tmp_path,
                         env={"HF_ENDPOINT": "http://127.0.0.1:9", "PREFIX_TUNING_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 2 and result.stderr.count("\n") == 1  # the sentence alone
     assert result.stderr.startswith("error: could not download gpt2 config.json")
     assert "--init_from path/to/gpt2" in result.stderr
 
 
-def test_resume_refuses_to_change_the_run(tiny_gpt2, shared, tmp_path):
-    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
+def test_resume_refuses_to_change_the_run(tiny_gpt2, e2e_dir, tmp_path):
+    assert train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8").returncode == 0
     for change in (["--learning_rate", "5e-3"], ["--grad_accum", "2"], ["--loss_reduction", "token"]):
-        result = train(tiny_gpt2, shared, tmp_path, "--resume", *change)
+        result = train(tiny_gpt2, e2e_dir, tmp_path, "--resume", *change)
         assert result.returncode == 2 and "contradicts the run being resumed" in result.stderr
 
 
-def test_a_new_run_in_an_old_folder_is_refused_and_overwrite_starts_clean(tiny_gpt2, shared, tmp_path):
+def test_a_new_run_in_an_old_folder_is_refused_and_overwrite_starts_clean(tiny_gpt2, e2e_dir, tmp_path):
     """The sequence that used to mix two runs: a finished P = 10 run, then a P = 5 run in its folder, stopped
     before its first evaluation, left P = 10's prefix_best.safetensors beside P = 5's ckpt.pt."""
-    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
+    assert train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8").returncode == 0
     old_run = json.loads((tmp_path / "config.json").read_text())["run_id"]
     # an export that another run wrote, beside this run's ckpt.pt, is refused by sample.py
     final = tmp_path / "prefix.safetensors"
@@ -194,10 +195,10 @@ def test_a_new_run_in_an_old_folder_is_refused_and_overwrite_starts_clean(tiny_g
     assert stray.returncode == 2 and "was not written by the run" in stray.stderr and "Traceback" not in stray.stderr
     (tmp_path / "notes.txt").write_text("mine")  # not a run's file: --overwrite leaves it
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    refused = train(tiny_gpt2, shared, tmp_path, "--prefix_len", "5", timeout=120)
+    refused = train(tiny_gpt2, e2e_dir, tmp_path, "--prefix_len", "5", timeout=120)
     assert refused.returncode == 2 and "is not empty" in refused.stderr and "--overwrite" in refused.stderr
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # nothing touched
-    command = [sys.executable, "train.py", "--init_from", str(tiny_gpt2), "--data_dir", str(shared / "data" / "e2e"),
+    command = [sys.executable, "train.py", "--init_from", str(tiny_gpt2), "--data_dir", str(e2e_dir),
                "--out_dir", str(tmp_path), *FAST, "--prefix_len", "5", "--overwrite"]
     victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in victim.stdout:  # the new run has started training: stop it before its first evaluation
@@ -210,11 +211,11 @@ def test_a_new_run_in_an_old_folder_is_refused_and_overwrite_starts_clean(tiny_g
     assert run_script("sample.py", "--out_dir", tmp_path, "--start", "name : Aromi").returncode == 2
 
 
-def test_grad_accum_trains_as_the_whole_batch_in_one_step(tiny_gpt2, shared, tmp_path):
+def test_grad_accum_trains_as_the_whole_batch_in_one_step(tiny_gpt2, e2e_dir, tmp_path):
     """batch 2 x 3 accumulation steps = batch 6 in one step, under the authors' reduction (the sum per text)."""
     runs = {"whole": [], "parts": ["--batch_size", "2", "--grad_accum", "3"], "small": ["--batch_size", "2"]}
     for name, flags in runs.items():
-        result = train(tiny_gpt2, shared, tmp_path / name, "--max_iters", "3", "--eval_interval", "3", *flags)
+        result = train(tiny_gpt2, e2e_dir, tmp_path / name, "--max_iters", "3", "--eval_interval", "3", *flags)
         assert result.returncode == 0, result.stderr
         if name == "parts":
             assert "global batch 6 = 2 rows x 1 process(es) x 3 accumulation step(s)" in result.stdout
@@ -224,43 +225,43 @@ def test_grad_accum_trains_as_the_whole_batch_in_one_step(tiny_gpt2, shared, tmp
         torch.testing.assert_close(parts[name], whole[name], rtol=0, atol=1e-4)
     assert (small["table"] - whole["table"]).abs().max() > 1e-3  # a batch of 2 alone trains otherwise
 
-def test_a_checkpoint_whose_tensors_do_not_fit_its_settings_is_one_sentence(tiny_gpt2, shared, tmp_path):
-    assert train(tiny_gpt2, shared, tmp_path).returncode == 0
+def test_a_checkpoint_whose_tensors_do_not_fit_its_settings_is_one_sentence(tiny_gpt2, e2e_dir, tmp_path):
+    assert train(tiny_gpt2, e2e_dir, tmp_path).returncode == 0
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     state["args"]["prefix_len"] = 5  # the settings now describe a prefix its tensors (10 rows) are not
     torch.save(state, tmp_path / "ckpt.pt")
     for export in tmp_path.glob("prefix*.safetensors"):  # so that sample.py reads the checkpoint too
         export.unlink()
-    for result in (train(tiny_gpt2, shared, tmp_path, "--resume"),
+    for result in (train(tiny_gpt2, e2e_dir, tmp_path, "--resume"),
                    run_script("sample.py", "--out_dir", tmp_path, "--start", "name : Aromi")):
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert "do not fit the method its settings describe" in result.stderr
 
 
-def test_out_dir_that_is_a_file_is_one_sentence(tiny_gpt2, shared, tmp_path):
+def test_out_dir_that_is_a_file_is_one_sentence(tiny_gpt2, e2e_dir, tmp_path):
     (tmp_path / "taken").write_text("")
-    result = train(tiny_gpt2, shared, tmp_path / "taken", timeout=120)
+    result = train(tiny_gpt2, e2e_dir, tmp_path / "taken", timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is a file, not a directory" in result.stderr
 
 
-def test_a_new_run_starts_a_new_log_and_resume_survives_a_torn_last_line(tiny_gpt2, shared, tmp_path):
-    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
-    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8", "--overwrite").returncode == 0  # not resumed
+def test_a_new_run_starts_a_new_log_and_resume_survives_a_torn_last_line(tiny_gpt2, e2e_dir, tmp_path):
+    assert train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8").returncode == 0
+    assert train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8", "--overwrite").returncode == 0  # not resumed
     iters = [json.loads(line)["iter"] for line in open(tmp_path / "log.jsonl")]
     assert iters.count(0) == 1  # one run's curve, not two appended
     with open(tmp_path / "log.jsonl", "a") as f:
         f.write('{"iter": 9, "train_lo')  # a crash in the middle of a line
-    result = train(tiny_gpt2, shared, tmp_path, "--max_iters", "8", "--resume")
+    result = train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8", "--resume")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["iter"] for line in open(tmp_path / "log.jsonl")] == iters
 
 
-def test_resume_with_another_number_of_processes_is_refused(tiny_gpt2, shared, tmp_path):
-    assert train(tiny_gpt2, shared, tmp_path, "--max_iters", "8").returncode == 0
+def test_resume_with_another_number_of_processes_is_refused(tiny_gpt2, e2e_dir, tmp_path):
+    assert train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8").returncode == 0
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     state["rng"] = state["rng"] * 2  # as if two processes had trained it
     torch.save(state, tmp_path / "ckpt.pt")
-    result = train(tiny_gpt2, shared, tmp_path, "--max_iters", "8", "--resume")
+    result = train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8", "--resume")
     assert result.returncode == 2 and "trained by 2 process(es)" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -275,17 +276,17 @@ def test_help_lists_every_option_with_its_default():
 
 
 @pytest.mark.parametrize("variant", ["embedding-only", "infix"])
-def test_ablation_variants_train_end_to_end(tiny_gpt2, shared, tmp_path, variant):
-    result = train(tiny_gpt2, shared, tmp_path, "--variant", variant, "--max_iters", "16")
+def test_ablation_variants_train_end_to_end(tiny_gpt2, e2e_dir, tmp_path, variant):
+    result = train(tiny_gpt2, e2e_dir, tmp_path, "--variant", variant, "--max_iters", "16")
     assert result.returncode == 0, result.stderr
     losses = val_losses(tmp_path)
     assert losses[-1] < losses[0]
 
 
-def test_ddp_with_two_gloo_processes_ends_with_the_same_prefix(tiny_gpt2, shared, tmp_path):
+def test_ddp_with_two_gloo_processes_ends_with_the_same_prefix(tiny_gpt2, e2e_dir, tmp_path):
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(29500 + os.getpid() % 1000), "train.py", "--init_from",
-                             str(tiny_gpt2), "--data_dir", str(shared / "data" / "e2e"), "--out_dir", str(tmp_path),
+                             str(tiny_gpt2), "--data_dir", str(e2e_dir), "--out_dir", str(tmp_path),
                              "--device", "cpu", *FAST, "--max_iters", "12"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -307,9 +308,9 @@ def sample_text(out_dir, *extra):
 
 
 @torch.no_grad()
-def test_fine_tuning_exports_hub_checkpoints_that_transformers_loads(tiny_gpt2, shared, tmp_path):
+def test_fine_tuning_exports_hub_checkpoints_that_transformers_loads(tiny_gpt2, e2e_dir, tmp_path):
     from transformers import GPT2LMHeadModel
-    result = train(tiny_gpt2, shared, tmp_path, "--tuning_mode", "finetune", "--max_iters", "8", "--eval_interval", "4")
+    result = train(tiny_gpt2, e2e_dir, tmp_path, "--tuning_mode", "finetune", "--max_iters", "8", "--eval_interval", "4")
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"ckpt.pt", "log.jsonl", "config.json", "model", "model_best"}
     base = GPT.from_pretrained(str(tiny_gpt2))
@@ -328,11 +329,11 @@ def test_fine_tuning_exports_hub_checkpoints_that_transformers_loads(tiny_gpt2, 
 
 
 @pytest.mark.parametrize("mode", ["finetune", "finetune-top", "adapter", "lora"])
-def test_sample_decodes_each_baseline_from_its_export_and_from_its_checkpoint(tiny_gpt2, shared, tmp_path, mode):
+def test_sample_decodes_each_baseline_from_its_export_and_from_its_checkpoint(tiny_gpt2, e2e_dir, tmp_path, mode):
     import shutil
     from baselines import load_tuned
     run = tmp_path / "run"
-    result = train(tiny_gpt2, shared, run, "--tuning_mode", mode, "--adapter_dim", "8", "--max_iters", "8",
+    result = train(tiny_gpt2, e2e_dir, run, "--tuning_mode", mode, "--adapter_dim", "8", "--max_iters", "8",
                    "--eval_interval", "4")
     assert result.returncode == 0, result.stderr
     if mode != "finetune":
@@ -372,12 +373,12 @@ def test_random_subset_is_reproducible_from_its_seed(tokenizer):
     assert (targets != -100).sum() == sum(len(a[i]) - a.loss_starts[i] for i in range(len(a)))
 
 
-def test_train_examples_trains_on_exactly_that_many_pairs(tiny_gpt2, shared, tmp_path, tokenizer):
+def test_train_examples_trains_on_exactly_that_many_pairs(tiny_gpt2, e2e_dir, tmp_path, tokenizer):
     from data import tokenized_split
-    result = train(tiny_gpt2, shared, tmp_path, "--train_examples", "37", "--seed", "3", "--max_iters", "4",
+    result = train(tiny_gpt2, e2e_dir, tmp_path, "--train_examples", "37", "--seed", "3", "--max_iters", "4",
                    "--eval_interval", "4")
     assert result.returncode == 0, result.stderr
-    subset = tokenized_split("e2e", "train", tokenizer, shared / "data" / "e2e").random_subset(37, 3)
+    subset = tokenized_split("e2e", "train", tokenizer, e2e_dir).random_subset(37, 3)
     assert f"train: {subset.describe()}" in result.stdout  # the subset train.py drew is the seed's
     assert "train: 37 sequences" in result.stdout
     assert "training 4 iterations (7 per epoch" in result.stdout  # ceil(37 / 6) steps make an epoch
@@ -466,7 +467,7 @@ def test_defaults_are_the_authors_for_each_dataset_and_method():
     assert parse_args(["--loss_reduction", "token"]).loss_reduction == "token"
 
 
-def test_the_loop_waits_for_the_device_only_where_it_logs_or_evaluates(tiny_gpt2, shared, tmp_path, monkeypatch):
+def test_the_loop_waits_for_the_device_only_where_it_logs_or_evaluates(tiny_gpt2, e2e_dir, tmp_path, monkeypatch):
     """A tensor turned into a Python value makes a GPU wait for its queue. Counted over whole runs that log and
     evaluate only at their end, 2 iterations and 6 make the same number of such conversions: a step makes none."""
     import inspect
@@ -485,7 +486,7 @@ def test_the_loop_waits_for_the_device_only_where_it_logs_or_evaluates(tiny_gpt2
         for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
             monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
         try:
-            train.main(["--init_from", str(tiny_gpt2), "--data_dir", str(shared / "data" / "e2e"), "--out_dir",
+            train.main(["--init_from", str(tiny_gpt2), "--data_dir", str(e2e_dir), "--out_dir",
                         str(tmp_path / str(iters)), "--batch_size", "4", "--max_iters", str(iters), "--log_interval",
                         str(iters), "--eval_interval", str(iters), "--eval_iters", "2", "--overwrite"])
         finally:

@@ -12,9 +12,9 @@ from metrics.webnlg import ascii_fold, format_webnlg, hypothesis_text, multi_ble
 
 
 @pytest.fixture(scope="module")
-def webnlg_test(shared):
+def webnlg_test(webnlg_dir):
     from data import load_examples
-    return load_examples("webnlg", "test", shared / "data" / "webnlg")
+    return load_examples("webnlg", "test", webnlg_dir)
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,11 @@ def test_normalization_as_the_challenge_scripts():
     assert hypothesis_text(reference_text("A.C. Cesena (2014–15)")) == reference_text("A.C. Cesena (2014–15)")
 
 
-def test_ascii_fold_is_unidecodes_on_the_webnlg_files_and_latin_text(shared):
+def test_ascii_fold_is_unidecodes_on_the_webnlg_files_and_latin_text(webnlg_dir):
     unidecode = pytest.importorskip("unidecode").unidecode
     from data import load_examples
     characters = {c for split in ("train", "dev", "test")
-                  for example in load_examples("webnlg", split, shared / "data" / "webnlg")
+                  for example in load_examples("webnlg", split, webnlg_dir)
                   for text in (example.table, *example.references) for c in text if not c.isascii()}
     assert len(characters) > 30
     characters |= {chr(c) for c in [*range(0xA1, 0x180), *range(0x2010, 0x2023), 0x2026, 0x2032, 0x2033, 0x2039,
@@ -134,13 +134,13 @@ def test_format_webnlg_in_the_papers_columns():
                                                             ["all", "55.1", "-", "0.41"]]
 
 
-def test_sample_prints_the_three_metrics_for_each_category_subset(shared, tmp_path):
+def test_sample_prints_the_three_metrics_for_each_category_subset(gpt2_dir, webnlg_dir, tmp_path):
     from conftest import run_script
     from hub_checkpoint import random_hf_gpt2, write_checkpoint
     gpt2 = write_checkpoint(random_hf_gpt2(n_layer=1, n_head=2, n_embd=16, vocab_size=50257, n_positions=320),
-                            tmp_path / "gpt2", tokenizer_dir=shared / "gpt2")  # WebNLG texts reach 259 tokens
-    result = run_script("train.py", "--init_from", gpt2, "--dataset", "webnlg", "--data_dir", shared / "data" /
-                        "webnlg", "--out_dir", tmp_path / "run", "--max_iters", "2", "--eval_interval", "2",
+                            tmp_path / "gpt2", tokenizer_dir=gpt2_dir)  # WebNLG texts reach 259 tokens
+    result = run_script("train.py", "--init_from", gpt2, "--dataset", "webnlg", "--data_dir", webnlg_dir,
+                        "--out_dir", tmp_path / "run", "--max_iters", "2", "--eval_interval", "2",
                         "--eval_iters", "1")
     assert result.returncode == 0, result.stderr
     result = run_script("sample.py", "--out_dir", tmp_path / "run", "--split", "test", "--max_examples", "8",
