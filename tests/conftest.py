@@ -32,15 +32,17 @@ def has_shared(config) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked cuda skip, with the reason, where torch sees no CUDA GPU."""
+    """Tests marked cuda skip, with the reason, where torch sees no CUDA GPU; those marked full_data where ../shared
+    is absent (the fixtures stand in for it elsewhere)."""
     import torch
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); scripts/gpu_check.sh "
-                                   "runs these where there is one")
+    skips = {"cuda": None if torch.cuda.is_available() else pytest.mark.skip(
+                 reason="needs a CUDA GPU (torch.cuda.is_available() is False); scripts/gpu_check.sh runs these where "
+                        "there is one"),
+             "full_data": None if has_shared(config) else pytest.mark.skip(reason=GET_THE_FULL_DATA)}
     for item in items:
-        if item.get_closest_marker("cuda"):
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if skip and item.get_closest_marker(marker):
+                item.add_marker(skip)
 
 
 def on_device(module, device):
@@ -75,9 +77,6 @@ def shared(pytestconfig) -> Path:
     if not has_shared(pytestconfig):
         pytest.skip(GET_THE_FULL_DATA)
     return SHARED
-
-
-needs_full_data = pytest.mark.usefixtures("shared")
 
 
 @pytest.fixture(scope="session")

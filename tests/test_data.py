@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from common import UserError, cache_dir
-from conftest import needs_full_data
 from data import (IGNORE_INDEX, SEEN_CATEGORIES, Sequences, category_subset, load_examples, prompt_ids,
                   tokenized_split)
 from data.e2e import linearize
@@ -38,7 +37,7 @@ def npz_files(folder):
 
 # --- E2E ---------------------------------------------------------------------------------------------------
 
-@needs_full_data
+@pytest.mark.full_data
 @pytest.mark.parametrize("split, refs, mrs", [("train", 42_061, 42_057), ("dev", 4_672, 547), ("test", 4_693, 630)])
 def test_e2e_counts(e2e, split, refs, mrs):
     """References = CSV rows; Examples = runs of consecutive rows with the same MR (training rows are shuffled,
@@ -89,7 +88,7 @@ def test_e2e_without_data_dir_uses_the_zip_in_the_user_cache(e2e, e2e_dir, tmp_p
     assert len(npz_files(tmp_path / "data" / "e2e")) == 1
 
 
-@needs_full_data
+@pytest.mark.full_data
 def test_e2e_is_downloaded_once_when_no_data_dir_is_given(e2e_dir, tmp_path, monkeypatch):
     import shutil
     from data import e2e as e2e_module
@@ -109,7 +108,7 @@ def test_e2e_is_downloaded_once_when_no_data_dir_is_given(e2e_dir, tmp_path, mon
 
 # --- WebNLG ------------------------------------------------------------------------------------------------
 
-@needs_full_data
+@pytest.mark.full_data
 @pytest.mark.parametrize("split, entries, refs, good_refs", [
     ("train", 6_940, 18_102, 18_025), ("dev", 872, 2_268, 2_258), ("test", 1_862, 4_928, 4_928)])
 def test_webnlg_counts(webnlg_dir, split, entries, refs, good_refs):
@@ -120,7 +119,7 @@ def test_webnlg_counts(webnlg_dir, split, entries, refs, good_refs):
     assert sum(len(ex.references) for ex in training) == good_refs
 
 
-@needs_full_data
+@pytest.mark.full_data
 def test_webnlg_seen_and_unseen_categories(webnlg_test):
     seen, unseen = category_subset(webnlg_test, "seen"), category_subset(webnlg_test, "unseen")
     assert (len(seen), sum(len(ex.references) for ex in seen)) == (971, 2_495)
@@ -170,7 +169,7 @@ def test_sequence_layout_and_loss_mask(tokenizer):
         assert targets[row][targets[row] != IGNORE_INDEX].tolist() == ids[start:]
 
 
-@needs_full_data
+@pytest.mark.full_data
 def test_e2e_train_sequences(e2e_dir, e2e, tokenizer):
     sequences = tokenized_split("e2e", "train", tokenizer, e2e_dir)
     assert len(sequences) == 42_061 and sequences.tokens.dtype == np.int32

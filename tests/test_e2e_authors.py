@@ -3,7 +3,7 @@ line by line against their dev and test files, and trained on, decoded and score
 import pytest
 
 from common import UserError
-from conftest import needs_full_data, run_script
+from conftest import run_script
 from data import load_examples, tokenized_split
 from data.e2e_authors import authors_text
 from metrics import e2e_scores
@@ -22,6 +22,7 @@ def authors_lines(shared):
                     .splitlines()] for split, name in AUTHORS_FILES.items()}
 
 
+@pytest.mark.full_data
 @pytest.mark.parametrize("split", ["dev", "test"])
 def test_authors_text_reproduces_their_files(e2e_dir, authors_lines, split):
     """At least 99% of the lines come out exactly as in the authors' file (measured: all but one of 4,672 dev and
@@ -77,7 +78,7 @@ def test_decoded_text_is_cleaned_up_as_transformers_decodes(gpt2_dir, tokenizer)
         assert as_the_authors_decode(tokenizer.decode(ids)) == hf.clean_up_tokenization(hf.decode(ids)).strip()
 
 
-@needs_full_data
+@pytest.mark.full_data
 def test_scoring_against_the_authors_references(e2e_dir):
     """Their own references, decoded as they decode, score nearly perfectly against the authors' references (the
     clean-up joins quotes: "called ' Aromi '" -> "called'Aromi'"), far less against the official ones: the

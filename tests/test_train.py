@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, needs_full_data, run_script
+from conftest import ROOT, run_script
 from model import GPT
 from model import safetensors
 from prefix import load_prefix
@@ -28,7 +28,7 @@ def val_losses(out_dir):
     return [r["val_loss"] for r in map(json.loads, open(out_dir / "log.jsonl")) if "val_loss" in r]
 
 
-@needs_full_data
+@pytest.mark.full_data
 def test_end_to_end_only_the_prefix_trains_and_validation_loss_falls(tiny_gpt2, e2e_dir, tmp_path):
     weights_before = (tiny_gpt2 / "model.safetensors").read_bytes()
     result = train(tiny_gpt2, e2e_dir, tmp_path)
@@ -156,7 +156,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_g
     (["--tuning_mode", "finetune-top", "--top_blocks", "99"], "--top_blocks 99 exceeds the model's 2 blocks"),
     (["--tuning_mode", "lora", "--lora_rank", "0"], "--lora_rank must be a positive integer"),
     (["--tuning_mode", "sgd"], "invalid choice: 'sgd'"),
-    (["--train_examples", "42062"], "--train_examples 42062 exceeds the 42,061 training pairs"),
+    pytest.param(["--train_examples", "42062"], "--train_examples 42062 exceeds the 42,061 training pairs",
+                 marks=pytest.mark.full_data),
     (["--train_examples", "0"], "--train_examples must be a positive integer"),
 ])
 def test_bad_input_is_one_sentence_and_a_nonzero_exit(tiny_gpt2, e2e_dir, tmp_path, flags, message):
@@ -220,9 +221,10 @@ def test_grad_accum_trains_as_the_whole_batch_in_one_step(tiny_gpt2, e2e_dir, tm
         if name == "parts":
             assert "global batch 6 = 2 rows x 1 process(es) x 3 accumulation step(s)" in result.stdout
     whole, parts, small = (torch.load(tmp_path / name / "ckpt.pt", weights_only=True)["trained"] for name in runs)
-    # Adam divides each step by sqrt(v): float noise in a tiny gradient shows up, but 1/100 of a step (lr 1e-2) at most
+    # Adam divides each step by sqrt(v): float noise in a tiny gradient shows up, but 1/100 of a step (lr 1e-2) at
+    # most in each of the 3 steps
     for name in whole:
-        torch.testing.assert_close(parts[name], whole[name], rtol=0, atol=1e-4)
+        torch.testing.assert_close(parts[name], whole[name], rtol=0, atol=3e-4)
     assert (small["table"] - whole["table"]).abs().max() > 1e-3  # a batch of 2 alone trains otherwise
 
 def test_a_checkpoint_whose_tensors_do_not_fit_its_settings_is_one_sentence(tiny_gpt2, e2e_dir, tmp_path):
