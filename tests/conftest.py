@@ -12,9 +12,9 @@ from model.cpu_kernels import ONEDNN_WORKS
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FIXTURES = ROOT / "tests" / "fixtures"
-GET_THE_FULL_DATA = ("needs the full datasets: put a folder shared/ beside the repository with data/e2e/e2e-dataset.zip "
-                     "(E2E v1.0.0, github.com/tuetschek/e2e-dataset/releases), data/webnlg/ (WebNLG 2017) and the rest "
-                     "that tests/fixtures/README.md lists")
+GET_THE_FULL_DATA = ("needs the full datasets: put a folder shared/ beside the repository with "
+                     "data/e2e/e2e-dataset.zip (E2E v1.0.0, github.com/tuetschek/e2e-dataset/releases), data/webnlg/ "
+                     "(WebNLG 2017) and the rest that tests/fixtures/README.md lists")
 # the float32 CPU fast path of model/cpu_kernels.py
 needs_onednn = pytest.mark.skipif(not ONEDNN_WORKS, reason="no oneDNN path here: a CPU other than x86-64, a torch "
                                                            "without oneDNN, or its private op failed the check")

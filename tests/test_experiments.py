@@ -23,7 +23,8 @@ def data_flags(e2e_dir, webnlg_dir):
 def test_pretrain_small_quick_writes_a_checkpoint_transformers_loads_and_resumes(e2e_dir, webnlg_dir, tmp_path):
     from transformers import GPT2LMHeadModel
     out = tmp_path / "small"
-    result = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out, *data_flags(e2e_dir, webnlg_dir))
+    result = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out,
+                        *data_flags(e2e_dir, webnlg_dir))
     assert result.returncode == 0, result.stderr
     assert "resuming" not in result.stdout
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
@@ -41,7 +42,8 @@ def test_pretrain_small_quick_writes_a_checkpoint_transformers_loads_and_resumes
     assert (tmp_path / "small.state" / "ckpt.pt").exists()
     # a second call continues the saved run rather than starting over, and writes the same model
     weights = (out / "model.safetensors").read_bytes()
-    again = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out, *data_flags(e2e_dir, webnlg_dir))
+    again = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out,
+                       *data_flags(e2e_dir, webnlg_dir))
     assert again.returncode == 0, again.stderr
     assert "resuming at iteration 4" in again.stdout
     assert (out / "model.safetensors").read_bytes() == weights

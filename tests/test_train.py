@@ -312,7 +312,8 @@ def sample_text(out_dir, *extra):
 @torch.no_grad()
 def test_fine_tuning_exports_hub_checkpoints_that_transformers_loads(tiny_gpt2, e2e_dir, tmp_path):
     from transformers import GPT2LMHeadModel
-    result = train(tiny_gpt2, e2e_dir, tmp_path, "--tuning_mode", "finetune", "--max_iters", "8", "--eval_interval", "4")
+    result = train(tiny_gpt2, e2e_dir, tmp_path, "--tuning_mode", "finetune", "--max_iters", "8",
+                   "--eval_interval", "4")
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"ckpt.pt", "log.jsonl", "config.json", "model", "model_best"}
     base = GPT.from_pretrained(str(tiny_gpt2))
