@@ -6,7 +6,7 @@
 #     pip install -r requirements-dev.txt && scripts/gpu_check.sh
 #     scripts/gpu_check.sh --repeats 5                                       # flags after it go to bench_peft.py
 #
-# The train.py resume test needs ../shared (the E2E data), as in the CPU suite; it skips with a reason without it.
+# The train.py resume test reads the E2E data of ../shared, or without it the few rows of tests/fixtures.
 # Exit status: 0 when the tests and the benchmark both succeeded, 1 otherwise, 2 on a machine without CUDA.
 set -u
 cd "$(dirname "$0")/.."
