@@ -129,6 +129,17 @@ def tiny_gpt2(gpt2_dir, tmp_path_factory) -> Path:
     return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), tokenizer_dir=gpt2_dir)
 
 
+@pytest.fixture(scope="module")
+def trained_run(tiny_gpt2, e2e_dir, tmp_path_factory):
+    """A prefix trained 8 iterations on the tiny GPT-2 (once per test module), for the tests that decode or look."""
+    out = tmp_path_factory.mktemp("run")
+    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
+                        "--out_dir", out, "--max_iters", "8", "--eval_interval", "8", "--eval_iters", "2",
+                        "--batch_size", "4", "--learning_rate", "1e-2")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def run_script(*args, timeout=300, env=None, **kwargs):
     """Run a project script (or `-m module`) from the repository root; returns the CompletedProcess."""
     import subprocess

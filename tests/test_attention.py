@@ -137,16 +137,6 @@ def test_the_keys_named_prefix_are_the_trained_ones_and_the_shares_add_up(gpt, c
     torch.testing.assert_close(shares[..., SEGMENTS.index("table")], probabilities[..., table].sum(-1).mean(-1))
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_gpt2, e2e_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
-                        "--out_dir", out, "--max_iters", "8", "--eval_interval", "8", "--eval_iters", "2",
-                        "--batch_size", "4", "--learning_rate", "1e-2")
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 def test_the_command_draws_a_run_of_the_tiny_model(trained_run, tmp_path):
     result = run_script("-m", "prefix.attention", "--out_dir", trained_run, "--start", "name : Aromi | Type : pub",
                         "--max_new_tokens", "8", "--output", tmp_path / "attention.png")

@@ -203,16 +203,6 @@ def test_temperature_sharpens_and_flattens():
 
 # ---- sample.py --------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_gpt2, e2e_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
-                        "--out_dir", out, "--max_iters", "8", "--eval_interval", "8", "--eval_iters", "2",
-                        "--batch_size", "4", "--learning_rate", "1e-2")
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 def test_sample_from_a_table_and_from_a_file(trained_run, tmp_path):
     result = run_script("sample.py", "--out_dir", trained_run, "--start", "name : Aromi | Type : pub",
                         "--max_new_tokens", "8")
