@@ -33,7 +33,7 @@ from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from common.runs import claim_out_dir, environment, new_run_id, peak_memory
-from data import IGNORE_INDEX, TEXT_FORMS, tokenized_split
+from data import TEXT_FORMS, tokenized_split
 from model import GPT, GPTConfig
 from model.loading import checkpoint_dir, read_config, save_pretrained
 from model.tokenizer import get_tokenizer
@@ -452,8 +452,9 @@ def validation_loss(method, model: GPT, val_data, args: argparse.Namespace, devi
     n_batches = min(n_batches, args.eval_iters) if args.eval_iters else n_batches
     total, count = torch.zeros((), device=device), 0
     for b in range(n_batches):
-        idx, targets = val_data.batch(range(b * args.batch_size, min((b + 1) * args.batch_size, len(val_data))))
-        n = int((targets != IGNORE_INDEX).sum())
+        rows = np.arange(b * args.batch_size, min((b + 1) * args.batch_size, len(val_data)))
+        idx, targets = val_data.batch(rows)
+        n = val_data.target_count(rows)
         with mixed_precision:
             total += method.loss(model, idx.to(device), targets.to(device)) * n
         count += n
