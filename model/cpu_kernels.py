@@ -14,16 +14,18 @@ slower but never wrong. The math is the same either way: only the kernel differs
                            softmax from it (and the LM head's gradient when the head trains). On oneDNN in float32,
                            or in bfloat16 under CPU autocast (AMX units on recent Intel CPUs; the softmax stays
                            float32), as autocast would multiply F.linear's.
+  attention                SDPA, in float32 under CPU bfloat16 autocast, where ATen's bfloat16 kernel is ~3x slower.
 
 `python -m prefix.gradcheck` checks both hand-written backwards against float64 autograd (docs/gradients.md, §7).
 """
 import platform
 import warnings
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.nn import functional as F
 
 VOCAB_SLICE = 1024  # vocabulary rows per matmul: (N, 1024) float32 logits stay in cache for N in the hundreds
 
@@ -106,7 +108,31 @@ class OneDnnLinear(nn.Linear):
         return super().forward(x)
 
 
+# ---- attention ---------------------------------------------------------------------------------------------------
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+    """softmax(Q·K'ᵀ/√d + mask)·V' by F.scaled_dot_product_attention; under bfloat16 autocast on a CPU, in float32
+    and returned in bfloat16, since ATen's CPU kernel for bfloat16 is ~3x slower, forward and backward, at GPT-2's
+    head sizes on the Intel machine it was measured on."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or not torch.is_autocast_enabled("cpu"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    with torch.autocast("cpu", enabled=False):
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal)
+    return y.to(q.dtype)
+
+
 # ---- the LM-head loss ----------------------------------------------------------------------------------------------
+
+class SliceKernel(NamedTuple):
+    """How the sliced loss multiplies: operands are cast once, and a·bᵀ of cast operands comes back in float32."""
+    cast: Callable[[Tensor], Tensor]
+    matmul_t: MatmulT
+
+
+FLOAT32_ONEDNN = SliceKernel(lambda t: t, onednn_matmul_t)
+# as autocast would multiply F.linear's: bfloat16 operands (AMX units on recent Intel CPUs), the softmax in float32
+BFLOAT16 = SliceKernel(Tensor.bfloat16, lambda a, b: torch.matmul(a, b.t()).float())
+
 
 def sliced_loss_applies(h: Tensor, weight: Tensor) -> bool:
     """Whether sliced_cross_entropy runs here: float32 on oneDNN, or bfloat16 under CPU autocast (elsewhere, GPUs,
@@ -120,49 +146,54 @@ def sliced_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
     return SlicedCrossEntropy.apply(h, weight, targets, _slice_kernel(h, weight))
 
 
-def _slice_kernel(h: Tensor, weight: Tensor) -> MatmulT | None:
+def _slice_kernel(h: Tensor, weight: Tensor) -> SliceKernel | None:
     if takes_onednn(h, weight):
-        return onednn_matmul_t
+        return FLOAT32_ONEDNN
     if h.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-        return _bfloat16_matmul_t
+        return BFLOAT16
     return None
-
-
-def _bfloat16_matmul_t(a: Tensor, b: Tensor) -> Tensor:
-    return torch.matmul(a.bfloat16(), b.bfloat16().t()).float()
 
 
 class SlicedCrossEntropy(torch.autograd.Function):
     """loss = mean_i (logsumexp_v z_iv − z_i,t_i), z = h·Wᵀ. With S = softmax(z) and Y the one-hot targets:
-    d loss / dh = (S − Y)·W / N,  d loss / dW = (S − Y)ᵀ·h / N."""
+    d loss / dh = (S − Y)·W / N,  d loss / dW = (S − Y)ᵀ·h / N.
+
+    Each slice saves E = exp(z − m), m its row maxima, and S = diag(r)·E on it, r = exp(m − logsumexp z): the
+    backward scales the rows of the (N, C) operands by r rather than the (N, 1024) slice.
+    """
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, matmul_t: MatmulT) -> Tensor:
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, kernel: SliceKernel) -> Tensor:
         if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < weight.size(0):
             raise ValueError(f"targets must be token ids in [0, {weight.size(0)}), "
                              f"got {int(targets.min())}..{int(targets.max())}")
-        exps, maxes = [], []  # per slice: exp(z − m) with m its row maxima, z = W_φ h_i  (eq. 2)
-        for w in weight.split(VOCAB_SLICE):
-            z = matmul_t(h, w)
+        h_cast, weight_cast = kernel.cast(h), kernel.cast(weight)
+        exps, maxes, sums = [], [], []  # per slice, z = W_φ h_i (eq. 2) in float32
+        for w in weight_cast.split(VOCAB_SLICE):
+            z = kernel.matmul_t(h_cast, w)
             maxes.append(z.amax(-1, keepdim=True))
-            exps.append(z.sub_(maxes[-1]).exp_())
+            e = z.sub_(maxes[-1]).exp_()
+            sums.append(e.sum(-1))
+            exps.append(kernel.cast(e))
         maxes = torch.cat(maxes, 1)
-        log_normalizer = (torch.stack([e.sum(-1) for e in exps], 1).log_() + maxes).logsumexp(1)
+        log_normalizer = (torch.stack(sums, 1).log_() + maxes).logsumexp(1)
         target_logit = (h * weight[targets]).sum(-1)
-        ctx.save_for_backward(h, weight, targets, (maxes - log_normalizer[:, None]).exp_(), *exps)
-        ctx.matmul_t = matmul_t
+        ctx.save_for_backward(h, weight, weight_cast, targets, (maxes - log_normalizer[:, None]).exp_(), *exps)
+        ctx.kernel = kernel
         return (log_normalizer - target_logit).mean()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        h, weight, targets, rescale, *exps = ctx.saved_tensors
+        h, weight, weight_cast, targets, rescale, *exps = ctx.saved_tensors
+        matmul_t, cast = ctx.kernel.matmul_t, ctx.kernel.cast
         dh = -weight[targets]  # the one-hot term: −Y·W = −W[t_i]
         dw = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        for i, (e, w) in enumerate(zip(exps, weight.split(VOCAB_SLICE))):
-            softmax = e * rescale[:, i, None]  # S on this slice: exp(z − m)·exp(m − logsumexp z)
-            dh += ctx.matmul_t(softmax, w.t())
-            if dw is not None:  # Sᵀ·h on this slice's rows of W, as (hᵀ·S)ᵀ: oneDNN copies a transposed left operand
-                dw[i * VOCAB_SLICE:i * VOCAB_SLICE + w.size(0)] = ctx.matmul_t(h.t(), softmax.t()).t()
+        for i, (e, w) in enumerate(zip(exps, weight_cast.split(VOCAB_SLICE))):
+            r = rescale[:, i, None]  # S = r·E on this slice: exp(z − m)·exp(m − logsumexp z)
+            dh += r * matmul_t(e, w.t())
+            if dw is not None:  # Sᵀ·h = Eᵀ·(r·h) on this slice's rows of W, computed as ((r·h)ᵀ·E)ᵀ because
+                rows = slice(i * VOCAB_SLICE, i * VOCAB_SLICE + w.size(0))  # oneDNN copies a transposed left operand
+                dw[rows] = matmul_t(cast(r * h).t(), e.t()).t()
         scale = grad / h.size(0)
         if dw is not None:
             dw.index_add_(0, targets, h, alpha=-1).mul_(scale)  # the one-hot term: −Yᵀ·h

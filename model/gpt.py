@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from common.errors import UserError
 from model.cache import KV, KVCache
-from model.cpu_kernels import OneDnnLinear
+from model.cpu_kernels import OneDnnLinear, attention
 from model.loss import lm_head_loss
 
 
@@ -62,7 +62,7 @@ class CausalSelfAttention(nn.Module):
             past_k, past_v = (t.to(k.dtype).expand(B, -1, -1, -1) for t in past)
             k = torch.cat([past_k, k], dim=2)  # K' = [P_K ; K]  (Li & Liang §4.2)
             v = torch.cat([past_v, v], dim=2)  # V' = [P_V ; V]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and past is None)
+        y = attention(q, k, v, mask, is_causal=mask is None and past is None)  # softmax(Q K'ᵀ/√d) V'
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.c_proj(y), (k, v)
 

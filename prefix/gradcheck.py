@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from model import cpu_kernels
 from model.cache import KV
-from model.cpu_kernels import OneDnnLinearFunction, SlicedCrossEntropy, onednn_matmul_t
+from model.cpu_kernels import FLOAT32_ONEDNN, OneDnnLinearFunction, SlicedCrossEntropy
 from model.gpt import GPT, GPTConfig
 from prefix.tuning import PrefixTuning, freeze, prefix_keys_values
 
@@ -332,7 +332,7 @@ def sliced_loss_gradients(h: Tensor, weight: Tensor, targets: Tensor) -> tuple[T
     """dh, dW of eq. (3) by SlicedCrossEntropy's backward (oneDNN): (S − Y)·W / N and (S − Y)ᵀ·h / N, a slice of the
     vocabulary at a time, the softmax S rebuilt from each slice's saved logits."""
     h, weight = (t.detach().requires_grad_() for t in (h, weight))
-    return torch.autograd.grad(SlicedCrossEntropy.apply(h, weight, targets, onednn_matmul_t), (h, weight))
+    return torch.autograd.grad(SlicedCrossEntropy.apply(h, weight, targets, FLOAT32_ONEDNN), (h, weight))
 
 
 def check_cpu_kernels(s: Setup, linear_gradients: Callable = onednn_linear_gradients,

@@ -1,5 +1,6 @@
 """bench.py and bench_peft.py: the useful-FLOP count against a hand count, quick runs of our side and of the comparison
 with PEFT (no timing asserted), one-sentence errors."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,18 @@ def test_a_bad_flag_is_one_sentence_and_exit_2(script, flags, says, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and says in err and err.count("\n") == 1
+
+
+def test_the_side_by_side_timer_measures_the_checkout_it_is_run_in(tmp_path):
+    """scripts/time_full_weight_step.py imports the GPT of the current directory, not its own checkout's."""
+    for package in ("common", "model"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").touch()
+    (tmp_path / "common" / "memory.py").write_text("def reuse_freed_memory(): pass\n")
+    (tmp_path / "model" / "__init__.py").write_text("raise ImportError('the other checkout')\n")
+    script = ROOT / "scripts" / "time_full_weight_step.py"
+    elsewhere = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert "the other checkout" in elsewhere.stderr
+    here = subprocess.run([sys.executable, str(script), "bfloat16"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert here.returncode == 0 and re.fullmatch(r"bfloat16: [\d,]+ tokens/s\n", here.stdout), here.stderr

@@ -81,6 +81,27 @@ def test_other_cases_take_nn_linears_path(case, monkeypatch):
     torch.testing.assert_close(y, expected, atol=0, rtol=0)
 
 
+# ---- attention under bfloat16 autocast ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask", [False, True], ids=["causal", "boolean mask"])
+def test_bfloat16_attention_on_cpu_is_float32_attention_rounded_once(mask):
+    """Under CPU autocast, bfloat16 q, k, v are attended in float32 and only the output is rounded to bfloat16; the
+    gradients reach q, k and v in bfloat16. Outside autocast SDPA runs as called."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 16).bfloat16().requires_grad_() for _ in range(3))
+    attn_mask = torch.ones(9, 9, dtype=torch.bool).tril() if mask else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = cpu_kernels.attention(q, k, v, attn_mask, is_causal=not mask)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask, is_causal=not mask)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expected.bfloat16(), atol=0, rtol=0)
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+    outside = cpu_kernels.attention(q, k, v, attn_mask, is_causal=not mask)
+    torch.testing.assert_close(outside, F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                                       is_causal=not mask), atol=0, rtol=0)
+
+
 # ---- the import-time check ----------------------------------------------------------------------------------------
 
 def plain(a, b, bias=None):
