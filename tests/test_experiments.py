@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from model import GPT
 
 E2E_KEYS = "name|Type|food|price|customer rating|family friendly|area|near"
@@ -132,3 +132,16 @@ def test_e2e_small_quick_runs_every_method_then_reuses_every_run(e2e_dir, webnlg
     assert second["pretrain_s_this_call"] == 0
     assert [r["scores"] for r in second["runs"]] == [r["scores"] for r in runs]
     assert elapsed < 60, f"the second call took {elapsed:.0f} s; it should only collect the results"
+
+
+def test_readme_shows_the_committed_run_of_the_miniature():
+    """Every row of the committed results' three tables is in README as it is."""
+    markdown = (ROOT / "experiments" / "results" / "results.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tables = [section.split("\n## ")[0] for section in markdown.split("\n## ")[1:4]]
+    assert [t.splitlines()[0] for t in tables] == ["Main table", "Low data (mean ± spread over seeds 1, 2)",
+                                                   "Prefix length"]
+    rows = [line for table in tables for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 8 + 1 + 4 + 1 + 4
+    missing = [row for row in rows if row not in readme]
+    assert not missing, missing
