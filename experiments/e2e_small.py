@@ -300,7 +300,7 @@ def report(runs: list[Run], probe_runs: list[Run], rates: dict[str, str], budget
                      + " | ".join(cell(r["scores"], m, d) for m, d in METRICS)
                      + f" | {100 * names_copied(r['texts'], tables):.0f}% | {format_seconds(r['train_s'])} | "
                        f"{format_seconds(r['decode_s'])} |")
-    lines += ["", "## Low data (mean ± spread over seeds " + ", ".join(map(str, budget.seeds)) + ")", "",
+    lines += ["", "## Low data (mean ± half the range over seeds " + ", ".join(map(str, budget.seeds)) + ")", "",
               "| training pairs | prefix-tuning BLEU | fine-tuning BLEU | prefix-tuning ROUGE-L | fine-tuning ROUGE-L |",
               "|---|---|---|---|---|"]
     for size in budget.sizes:

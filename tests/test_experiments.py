@@ -139,7 +139,7 @@ def test_readme_shows_the_committed_run_of_the_miniature():
     markdown = (ROOT / "experiments" / "results" / "results.md").read_text(encoding="utf-8")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     tables = [section.split("\n## ")[0] for section in markdown.split("\n## ")[1:4]]
-    assert [t.splitlines()[0] for t in tables] == ["Main table", "Low data (mean ± spread over seeds 1, 2)",
+    assert [t.splitlines()[0] for t in tables] == ["Main table", "Low data (mean ± half the range over seeds 1, 2)",
                                                    "Prefix length"]
     rows = [line for table in tables for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 8 + 1 + 4 + 1 + 4
