@@ -33,7 +33,7 @@ from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from common.runs import claim_out_dir, environment, new_run_id, peak_memory
-from data import TEXT_FORMS, tokenized_split
+from data import DATASETS, TEXT_FORMS, rows_that_fit, tokenized_splits
 from model import GPT, GPTConfig
 from model.loading import checkpoint_dir, read_config, save_pretrained
 from model.tokenizer import get_tokenizer
@@ -41,14 +41,14 @@ from prefix import VARIANTS, build_prefix, freeze, init_from_text, parameter_rep
 from prefix.artifact import read_training_checkpoint, restore_training_state
 
 # The paper's table-to-text settings (Li & Liang 2021, §5 and Appendix A): AdamW, linear decay, MLP k = 512; the
-# prefix lengths are the authors' commands' (--preseqlen 10 for E2E, their train_e2e.py default; 5 for WebNLG).
-PAPER = {"e2e": dict(learning_rate=8e-5, batch_size=10, epochs=5, prefix_len=10),
-         "webnlg": dict(learning_rate=5e-5, batch_size=5, epochs=5, prefix_len=5)}
+# learning rate, batch, epochs and prefix length of each dataset are in its data module (data/datasets.py).
+PAPER = {name: module.TRAINING for name, module in DATASETS.items()}
 LOSS_NAMES = {"sentence": "summed over each text, averaged over texts", "token": "mean per target token"}
+SPLITS = ("train", "dev")  # what training reads: it trains on one and picks the best export on the other
 # Arguments that define the run; --resume refuses to change them, so a resumed run is the same run
 # (except data_dir: the same data may have moved).
-RUN_ARGS = ("init_from", "dataset", "data_dir", "e2e_text", "train_examples", "tuning_mode", "prefix_len", "mid_dim",
-            "variant", "reparam", "prefix_dropout", "init_text", "positions_from_zero", "top_blocks", "adapter_dim",
+RUN_ARGS = ("init_from", "dataset", "data_dir", "e2e_text", "skip_long_rows", "train_examples", "tuning_mode",
+            "prefix_len", "mid_dim", "variant", "reparam", "prefix_dropout", "init_text", "positions_from_zero", "top_blocks", "adapter_dim",
             "lora_rank", "lora_alpha", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs",
             "max_iters", "grad_clip", "seed", "loss_reduction", "grad_accum")
 # The file each kind of method exports at the end; "_best" is inserted before the suffix for the best one.
@@ -60,8 +60,11 @@ RUN_FILES = ["config.json", "log.jsonl", "ckpt.pt", "eval"]  # besides the expor
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--init_from", default="gpt2", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint dir")
-    p.add_argument("--dataset", default="e2e", choices=sorted(PAPER), help="the table-to-text dataset")
+    p.add_argument("--dataset", default="e2e", choices=list(PAPER), help="the table-to-text dataset, or jsonl: "
+                   "your own task (docs/datasets.md)")
     p.add_argument("--data_dir", default=None, help="a local copy of the dataset (E2E: the zip or its CSVs; default: download E2E)")
+    p.add_argument("--skip_long_rows", action="store_true", help="leave out (and count) the training and dev rows "
+                   "that do not fit the model's positions after the prefix, instead of refusing them")
     p.add_argument("--e2e_text", default="official", choices=TEXT_FORMS,
                    help="E2E references as released, or PTB-tokenized as the authors trained on them")
     p.add_argument("--train_examples", type=int, default=None,
@@ -364,16 +367,15 @@ def build(args: argparse.Namespace, device: torch.device, fresh: bool, say):
 def training_data(args: argparse.Namespace, tokenizer, config: GPTConfig):
     """The training pairs (all, or --train_examples of them drawn from --seed) and the dev split, checked to fit
     the model's positions after the prefix."""
-    train_data = tokenized_split(args.dataset, "train", tokenizer, args.data_dir, args.e2e_text)
+    prefix_len = args.prefix_len if args.tuning_mode == "prefix" else 0  # a baseline takes no positions
+    train_data, val_data = (
+        rows_that_fit(rows, prefix_len, config.block_size, args.skip_long_rows, args.dataset, split, args.data_dir,
+                      args.e2e_text)
+        for split, rows in zip(SPLITS, tokenized_splits(args.dataset, SPLITS, tokenizer, args.data_dir, args.e2e_text)))
     if args.train_examples is not None:
         if args.train_examples > len(train_data):
             raise UserError(f"--train_examples {args.train_examples} exceeds the {len(train_data):,} training pairs")
         train_data = train_data.random_subset(args.train_examples, args.seed)
-    val_data = tokenized_split(args.dataset, "dev", tokenizer, args.data_dir, args.e2e_text)
-    longest = max(train_data.longest, val_data.longest)
-    if args.prefix_len + longest > config.block_size:
-        raise UserError(f"a prefix of {args.prefix_len} plus the longest example ({longest} tokens) exceeds the "
-                        f"model's {config.block_size} positions; use a shorter --prefix_len")
     return train_data, val_data
 
 

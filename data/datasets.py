@@ -1,12 +1,14 @@
-"""The datasets by name: which files a split is read from, and its Examples."""
+"""The datasets by name, each one module with the same few names: source_files(split, data_dir) (what a split is
+read from), load(split, data_dir, for_training) (its Examples) and TRAINING (the training settings train.py
+defaults to). A new dataset is a module and a line here."""
 from pathlib import Path
 
 from common import UserError
-from data import e2e, webnlg
+from data import dart, e2e, jsonl, webnlg
 from data.e2e_authors import authors_examples
 from data.example import Example
 
-DATASETS = {"e2e": e2e, "webnlg": webnlg}
+DATASETS = {"e2e": e2e, "webnlg": webnlg, "dart": dart, "jsonl": jsonl}
 SPLITS = ("train", "dev", "test")
 TEXT_FORMS = ("official", "authors")  # E2E references as released, or as the paper's authors tokenized them
 
@@ -14,7 +16,7 @@ TEXT_FORMS = ("official", "authors")  # E2E references as released, or as the pa
 def load_examples(dataset: str, split: str, data_dir: str | Path | None = None, *,
                   for_training: bool = False, text_form: str = "official") -> list[Example]:
     """The split's tables with their references. data_dir may be None for E2E (downloaded once into the user cache);
-    WebNLG needs it. for_training keeps only the references the paper trains on (see webnlg.load). text_form
+    the others need it. for_training keeps only the references the paper trains on (see webnlg.load). text_form
     "authors" rewrites E2E references as the authors' files hold them (see e2e_authors)."""
     examples = _module(dataset, split).load(split, data_dir, for_training)
     if text_form not in TEXT_FORMS:
@@ -33,7 +35,7 @@ def source_files(dataset: str, split: str, data_dir: str | Path | None = None) -
 
 def _module(dataset: str, split: str):
     if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose {' or '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {dataset!r}; choose {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
     return DATASETS[dataset]

@@ -18,6 +18,8 @@ SPLIT_FILES = {"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_
 SLOT_NAMES = {"name": "name", "eatType": "Type", "food": "food", "priceRange": "price",
               "customer rating": "customer rating", "area": "area", "familyFriendly": "family friendly",
               "near": "near"}
+# The paper's training settings (§5: lr, batch, epochs) and the prefix length of the authors' train_e2e.py default
+TRAINING = dict(learning_rate=8e-5, batch_size=10, epochs=5, prefix_len=10)
 SLOT = re.compile(r"(?:^|, )([^\[\],]+)\[([^\[\]]*)\]")  # "slot[value]" at the start or after ", "
 
 
@@ -86,7 +88,8 @@ def _parse(lines, where: str) -> list[Example]:
         except ValueError as e:
             raise UserError(f"row {group[0][0]} of {where} {e}; fix the row or replace the file "
                             f"with the official one") from None
-        examples.append(Example(table, tuple(_one_line(ref) for _, _, ref in group)))
+        examples.append(Example(table, tuple(_one_line(ref) for _, _, ref in group),
+                                places=tuple(f"row {row} of {where}" for row, _, _ in group)))
     return examples
 
 

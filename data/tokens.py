@@ -31,6 +31,7 @@ class Sequences:
     offsets: np.ndarray      # int64, one more than there are sequences
     loss_starts: np.ndarray  # int64, index within each sequence
     eot: int                 # pads idx in batches
+    skipped: int = 0         # rows left out because they do not fit the model (see data/positions.py)
 
     @classmethod
     def from_pairs(cls, tokenizer: tiktoken.Encoding, pairs: list[tuple[str, str]]) -> "Sequences":
@@ -54,13 +55,13 @@ class Sequences:
 
     @property
     def longest(self) -> int:
-        """Tokens in the longest sequence: with the prefix, it must fit the model's position table."""
         return int(self.lengths.max())
 
     def describe(self) -> str:
         n = self.lengths
+        skipped = f"; {self.skipped:,} longer ones left out (--skip_long_rows)" if self.skipped else ""
         return (f"{len(self):,} sequences (one per table-text pair) of {n.min()}/{n.mean():.1f}/{n.max()} tokens "
-                f"(min/mean/max)")
+                f"(min/mean/max){skipped}")
 
     def target_count(self, indices) -> int:
         """How many targets batch(indices) holds: every token of a row's text (its final EOT included)."""
@@ -84,10 +85,14 @@ class Sequences:
     def random_subset(self, n: int, seed: int) -> "Sequences":
         """n of the sequences, drawn without replacement from the seed and kept in their order: a low-data
         training set (the paper's §6.3), the same on every machine for the same seed."""
-        chosen = sorted(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].tolist())
-        parts = [self[i] for i in chosen]
+        return self.select(sorted(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].tolist()))
+
+    def select(self, rows, skipped: int = 0) -> "Sequences":
+        """The given rows, in the given order; `skipped` counts the rows left out for not fitting the model."""
+        rows = [int(i) for i in rows]
+        parts = [self[i] for i in rows]
         return Sequences(tokens=np.concatenate(parts), offsets=np.cumsum([0, *map(len, parts)], dtype=np.int64),
-                         loss_starts=self.loss_starts[chosen].copy(), eot=self.eot)
+                         loss_starts=self.loss_starts[rows].copy(), eot=self.eot, skipped=self.skipped + skipped)
 
     def save(self, path) -> None:
         with open(path, "wb") as f:  # a file object, so numpy does not append ".npz" to a temporary name

@@ -10,6 +10,8 @@ from data.example import Example
 # MeanOfTransportation, Politician), which the paper scores separately.
 SEEN_CATEGORIES = frozenset({"Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument",
                              "SportsTeam", "University", "WrittenWork"})
+# The paper's training settings (§5) and the prefix length of the authors' README command (--preseqlen 5)
+TRAINING = dict(learning_rate=5e-5, batch_size=5, epochs=5, prefix_len=5)
 LAYOUT = ("point --data_dir at a WebNLG 2017 folder with train/ and dev/ (1triples/ ... 7triples/ of XML files) "
           "and test/testdata_with_lex.xml")
 
@@ -44,25 +46,38 @@ def category_subset(examples: list[Example], subset: str) -> list[Example]:
 
 
 def _read(path: Path, for_training: bool) -> list[Example]:
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        raise UserError(f"{path} is not well-formed XML ({e}); replace it with the file from the WebNLG 2017 "
-                        f"release") from None
-    except OSError as e:
-        raise UserError(f"could not read {path} ({e.strerror})") from None
     examples = []
-    for entry in root.iter("entry"):
-        lexes = [lex for lex in entry.findall("lex") if not for_training or lex.get("comment", "good") == "good"]
-        triples = [_triple(t.text or "", path, entry) for t in entry.iter("mtriple")]
-        examples.append(Example(" | ".join(triples), tuple(lex.text or "" for lex in lexes), entry.get("category")))
+    for entry, triples in xml_entries(path, "WebNLG 2017"):
+        kept = [(n, lex) for n, lex in enumerate(entry.findall("lex"), start=1)
+                if not for_training or lex.get("comment", "good") == "good"]
+        examples.append(Example(" | ".join(" : ".join(triple) for triple in triples),
+                                tuple(lex.text or "" for _, lex in kept), entry.get("category"),
+                                tuple(lex_place(n, entry, path) for n, _ in kept)))
     return examples
 
 
-def _triple(text: str, path: Path, entry) -> str:
-    """`Aarhus_Airport | cityServed | Aarhus` -> `Aarhus_Airport : cityServed : Aarhus` (values as in the file)."""
+def xml_entries(path: Path, release: str) -> list[tuple[ET.Element, list[tuple[str, str, str]]]]:
+    """Every <entry> of a WebNLG-style XML file (WebNLG's, DART's) with its modified triples as (subject,
+    property, object), values as in the file; `release` names where a good copy of the file comes from."""
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise UserError(f"{path} is not well-formed XML ({e}); replace it with the file from the {release} "
+                        f"release") from None
+    except OSError as e:
+        raise UserError(f"could not read {path} ({e.strerror})") from None
+    return [(entry, [_triple(t.text or "", path, entry, release) for t in entry.iter("mtriple")])
+            for entry in root.iter("entry")]
+
+
+def lex_place(number: int, entry: ET.Element, path: Path) -> str:
+    return f"lexicalisation {number} of entry {entry.get('eid')} in {path}"
+
+
+def _triple(text: str, path: Path, entry: ET.Element, release: str) -> tuple[str, str, str]:
+    """`Aarhus_Airport | cityServed | Aarhus` -> ("Aarhus_Airport", "cityServed", "Aarhus")."""
     parts = text.split(" | ")
     if len(parts) != 3:
         raise UserError(f"entry {entry.get('eid')} of {path} has the triple {text!r}, which is not "
-                        f"'subject | property | object'; replace the file with the one from the WebNLG 2017 release")
-    return " : ".join(parts)
+                        f"'subject | property | object'; replace the file with the one from the {release} release")
+    return tuple(parts)

@@ -303,8 +303,8 @@ def test_webnlg_folder_mistakes(tmp_path):
 
 
 def test_unknown_names():
-    with pytest.raises(UserError, match="unknown dataset 'dart'"):
-        load_examples("dart", "train")
+    with pytest.raises(UserError, match="unknown dataset 'totto'; choose e2e, webnlg, dart, jsonl"):
+        load_examples("totto", "train")
     with pytest.raises(UserError, match="unknown split 'valid'"):
         load_examples("e2e", "valid")
     with pytest.raises(UserError, match="unknown WebNLG subset"):

@@ -139,7 +139,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_g
     (["--prefix_len", "0"], "--prefix_len must be a positive integer"),
     (["--prefix_len=-3"], "--prefix_len must be a positive integer"),
     (["--batch_size", "0"], "--batch_size must be a positive integer"),
-    (["--prefix_len", "200"], "exceeds the model's 256 positions"),
+    (["--prefix_len", "200"], "of the model's 256 positions; shorten it, or pass --skip_long_rows"),
     (["--dataset", "wikitext"], "invalid choice: 'wikitext'"),
     (["--init_from", "/nonexistent/gpt"], "neither a checkpoint directory nor one of gpt2"),
     (["--init_text", "table-to-text:"], "use --prefix_len"),
