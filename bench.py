@@ -40,7 +40,7 @@ from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick
 from common.memory import reuse_freed_memory
 from model import GPT, GPTConfig
 from model.generate import beam_search, generate
-from model.cpu_kernels import onednn_matmul_t, takes_onednn
+from model.cpu_kernels import onednn_matmul_t, takes_onednn, use_cpu_kernels
 from model.loading import loading_peak_rss, save_pretrained
 from prefix import PrefixTuning, freeze
 
@@ -164,6 +164,7 @@ def our_side(args, device, dtype):
     config = model_config(args)
     gpt = freeze(GPT(config).to(device))
     prefix = PrefixTuning(config, args.prefix_len, args.mid_dim).to(device)
+    use_cpu_kernels(gpt, prefix)
     optimizer = torch.optim.AdamW(prefix.parameters(), fused=True)
     idx, targets, prompts = random_batch(args, device)
     eos = args.vocab_size - 1
@@ -190,6 +191,7 @@ def our_side(args, device, dtype):
 def full_weight_side(args, device, dtype):
     """Full fine-tuning: every weight of our GPT trains (the LM head is wte, tied), fused AdamW over all of them."""
     gpt = GPT(model_config(args)).to(device)
+    use_cpu_kernels(gpt)
     optimizer = torch.optim.AdamW(gpt.parameters(), fused=True)
     idx, targets, _ = random_batch(args, device)
 

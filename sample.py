@@ -31,6 +31,7 @@ from metrics.e2e_files import hypotheses_text, one_line, read_hypotheses, refere
 from model import GPT
 from model.generate import beam_search, generate, left_pad
 from model import safetensors
+from model.cpu_kernels import use_cpu_kernels
 from model.loading import checkpoint_dir
 from model.tokenizer import get_tokenizer
 from prefix import build_prefix, load_prefix, prefix_metadata
@@ -180,7 +181,9 @@ def load_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
     """The GPT, the trained method ready to decode, the tokenizer, and the run's settings: what --out_dir (or
     --peft_adapter) names."""
     export, checkpoint, trained = find_run(args)
-    return (*load_method(args, export, checkpoint, trained, device), trained)
+    gpt, method, tokenizer = load_method(args, export, checkpoint, trained, device)
+    use_cpu_kernels(gpt, method)
+    return gpt, method, tokenizer, trained
 
 
 @torch.no_grad()
@@ -311,7 +314,9 @@ def main(argv=None):
         print(f"{dataset} {args.split}: {len(texts)} tables, texts from {args.hypotheses}")
     else:
         device = pick_device(args.device)
-        texts = decode(*load_method(args, export, checkpoint, trained, device), tables, args, device)
+        gpt, method, tokenizer = load_method(args, export, checkpoint, trained, device)
+        use_cpu_kernels(gpt, method)
+        texts = decode(gpt, method, tokenizer, tables, args, device)
         if text_form == "authors":
             texts = [as_the_authors_decode(text) for text in texts]
         made = {"decoded": str(source), "decoding": {name: getattr(args, name) for name in DECODING}

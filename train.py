@@ -35,6 +35,7 @@ from common.memory import reuse_freed_memory
 from common.runs import claim_out_dir, environment, new_run_id, peak_memory
 from data import TEXT_FORMS, tokenized_split
 from model import GPT, GPTConfig
+from model.cpu_kernels import use_cpu_kernels
 from model.loading import checkpoint_dir, read_config, save_pretrained
 from model.tokenizer import get_tokenizer
 from prefix import VARIANTS, build_prefix, freeze, init_from_text, parameter_report, save_prefix
@@ -355,6 +356,7 @@ def build(args: argparse.Namespace, device: torch.device, fresh: bool, say):
     model = freeze(GPT.from_pretrained(str(directory)).to(device))
     gpt_parameters = sum(p.numel() for p in model.parameters())  # counted before a baseline adds its own
     method = build_method(args, model).to(device)
+    use_cpu_kernels(model, method)
     if init_ids is not None and fresh:
         init_from_text(method, model, init_ids)
     say(parameter_report(method, model) if args.tuning_mode == "prefix" else method.report(gpt_parameters))

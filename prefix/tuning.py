@@ -2,7 +2,7 @@
 
 Equations of the paper and where they live:
   (1)  h_i = LM_φ(z_i, h_<i)                     GPT._hidden_states (model/gpt.py): the frozen GPT-2
-  (2)  p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)    GPT.forward's logits; lm_head_loss (model/loss.py)
+  (2)  p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)    GPT.forward's logits, GPT.loss (model/gpt.py)
   (3)  max_θ  Σ_{i∈Y_idx} log p(z_i | h_<i)      PrefixTuning.loss (the GPT's cross-entropy over the text)
   (4)  h_i = P_θ[i,:] for i ∈ P_idx              prefix_keys_values: P as every layer's keys and values
   (5)  P_θ[i,:] = MLP_θ(P'_θ[i,:])               PrefixTuning.activations
@@ -20,7 +20,6 @@ from torch import Tensor
 
 from model.cache import KV, KVCache
 from model.gpt import GPT, GPTConfig
-from model.cpu_kernels import OneDnnLinear
 
 
 class PrefixTuning(nn.Module):
@@ -42,7 +41,7 @@ class PrefixTuning(nn.Module):
         width = config.n_layer * 2 * config.n_embd
         # P' (reparameterized) or P (direct); N(0, 1) like the paper's code and PEFT (an nn.Embedding's init)
         self.table = nn.Parameter(torch.randn(prefix_len, config.n_embd if reparam else width))
-        self.mlp = nn.Sequential(OneDnnLinear(config.n_embd, mid_dim), nn.Tanh(), OneDnnLinear(mid_dim, width)) \
+        self.mlp = nn.Sequential(nn.Linear(config.n_embd, mid_dim), nn.Tanh(), nn.Linear(mid_dim, width)) \
             if reparam else None
         self.dropout = nn.Dropout(dropout)
 
