@@ -37,6 +37,8 @@ from experiments import pretrain_small
 from metrics import coco_scores, e2e_scores
 from model import GPT
 from model.loading import read_config
+from runs import find_trained
+from runs.methods import build_method
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -128,11 +130,11 @@ def gpt_parameters(directory: Path) -> int:
     return sum(p.numel() for p in GPT.from_pretrained(str(directory)).parameters())
 
 
-def parameter_counts(run: Run, small_lm: Path) -> dict[str, int]:
-    """Numbers the method trains and numbers its export stores, built exactly as train.py builds it."""
+def parameter_counts(out: Path, small_lm: Path) -> dict[str, int]:
+    """Numbers the method trains and numbers its export stores, built from the settings of the run in `out`."""
     gpt = GPT.from_pretrained(str(small_lm))
     total = sum(p.numel() for p in gpt.parameters())
-    method = train.build_method(train.parse_args(["--tuning_mode", run.mode, *run.flags]), gpt)
+    method = build_method(find_trained(out, "final").settings, gpt)
     return {"trainable": trainable_parameters(method), "stored": method.stored_parameters(), "gpt_parameters": total}
 
 
@@ -195,7 +197,7 @@ def _train_and_score(run: Run, budget: Budget, small_lm: Path, e2e_dir: Path, ou
         scores = e2e_scores(texts, refs, coco=False) | (coco_scores(texts, refs) if coco else {})
     run.result = {"name": run.name, "label": run.label, "group": run.group, "mode": run.mode, "flags": run.flags,
                   "train_s": train_s, "decode_s": decode_s, "scores": scores, "texts": texts,
-                  **parameter_counts(run, small_lm), "val_curve": validation_curve(out / "log.jsonl")}
+                  **parameter_counts(out, small_lm), "val_curve": validation_curve(out / "log.jsonl")}
     with atomic_path(out / "result.json") as tmp:
         tmp.write_text(json.dumps(run.result, indent=1))
 

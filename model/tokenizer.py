@@ -9,6 +9,7 @@ from common.errors import UserError
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
+NEWLINES = (198, 628)  # "\n" and "\n\n": the paper's code bans them in decoding, so one text is one line
 # (vocabulary, merges) file names: Hugging Face checkpoint directories, then OpenAI's original release
 FILE_PAIRS = [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]
 

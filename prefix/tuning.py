@@ -81,6 +81,15 @@ class PrefixTuning(nn.Module):
         """Numbers the export keeps: P, prefix_len · n_layer · 2 · n_embd."""
         return self.prefix_len * self.config.n_layer * 2 * self.config.n_embd
 
+    def report(self, gpt_parameters: int) -> str:
+        """Trainable numbers while training, numbers stored after export, and the stored share of the GPT."""
+        c = self.config
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        stored = self.stored_parameters()
+        return (f"prefix: {trainable:,} trainable parameters while training (P' and the MLP); "
+                f"{stored:,} stored after export ({self.prefix_len} × {c.n_layer} layers × 2 × {c.n_embd}), "
+                f"{100 * stored / gpt_parameters:.3f}% of the GPT's {gpt_parameters:,}")
+
     def _export_as(self, cls: type[PrefixTuning]) -> PrefixTuning:
         return cls.holding(self.config, self.activations().detach(), self.positions_from_zero)
 
@@ -112,14 +121,3 @@ def prefix_rows(kv: list[KV]) -> Tensor:
 def freeze(gpt: GPT) -> GPT:
     """The GPT is never trained: no gradients, and eval mode so nothing inside it is random."""
     return gpt.requires_grad_(False).eval()
-
-
-def parameter_report(prefix: nn.Module, gpt: GPT) -> str:
-    """Trainable numbers while training, numbers stored after export, and the stored share of the GPT."""
-    c = gpt.config
-    trainable = sum(p.numel() for p in prefix.parameters() if p.requires_grad)
-    stored = prefix.stored_parameters()
-    base = sum(p.numel() for p in gpt.parameters())
-    return (f"prefix: {trainable:,} trainable parameters while training (P' and the MLP); "
-            f"{stored:,} stored after export ({prefix.prefix_len} × {c.n_layer} layers × 2 × {c.n_embd}), "
-            f"{100 * stored / base:.3f}% of the GPT's {base:,}")

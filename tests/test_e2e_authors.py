@@ -92,7 +92,7 @@ def test_scoring_against_the_authors_references(e2e_dir):
 
 
 def test_train_and_sample_with_the_authors_text(tiny_gpt2, e2e_dir, tmp_path):
-    from prefix.artifact import read_training_checkpoint
+    from runs.checkpoint import read_training_checkpoint
     result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
                         tmp_path, "--e2e_text", "authors", "--max_iters", "2", "--eval_interval", "2",
                         "--eval_iters", "1", "--batch_size", "2")

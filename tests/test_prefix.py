@@ -11,7 +11,7 @@ from conftest import DEVICES, on_device, run_script
 from hub_checkpoint import random_hf_gpt2, write_checkpoint
 from model import GPT, GPTConfig, KVCache
 from model.generate import generate
-from prefix import PrefixTuning, freeze, parameter_report
+from prefix import PrefixTuning, freeze
 from prefix.ablations import EmbeddingOnly, InfixTuning, build_prefix, init_from_text
 from prefix.artifact import load_prefix, prefix_metadata, save_prefix
 from prefix.bank import PrefixBank
@@ -239,7 +239,7 @@ def test_prefix_dropout_draws_per_row_in_training_only(gpt):
 def test_parameter_report_counts_the_paper_quantities():
     c = GPTConfig(n_layer=4, n_head=4, n_embd=32, vocab_size=V, block_size=64)
     gpt = GPT(c)
-    report = parameter_report(PrefixTuning(c, 10, mid_dim=512), gpt)
+    report = PrefixTuning(c, 10, mid_dim=512).report(sum(p.numel() for p in gpt.parameters()))
     trainable = 10 * 32 + (32 * 512 + 512) + (512 * 4 * 2 * 32 + 4 * 2 * 32)
     stored = 10 * 4 * 2 * 32
     assert f"{trainable:,} trainable" in report and f"{stored:,} stored" in report

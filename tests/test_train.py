@@ -412,15 +412,13 @@ def test_the_authors_objective_sums_each_text_and_averages_over_texts():
 
 
 def test_init_text_is_read_after_a_space_as_the_authors_do(tokenizer):
-    from argparse import Namespace
-    from train import init_text_ids
-    args = Namespace(init_text="table-to-text:", prefix_len=len(tokenizer.encode_ordinary(" table-to-text:")))
-    assert init_text_ids(args, tokenizer) == tokenizer.encode_ordinary(" table-to-text:")
+    from prefix import init_text_ids
+    assert init_text_ids("table-to-text:", tokenizer) == tokenizer.encode_ordinary(" table-to-text:")
     assert tokenizer.encode_ordinary(" table-to-text:") != tokenizer.encode_ordinary("table-to-text:")
 
 
 def test_the_schedule_gives_each_process_and_micro_batch_its_own_rows_of_the_global_batch():
-    from train import Schedule
+    from runs import Schedule
     schedule = Schedule(n_examples=50, batch_size=2, world=2, grad_accum=3, epochs=2, max_iters=None,
                         peak_lr=1.0, warmup_iters=0, seed=7)
     assert schedule.global_batch == 12 and schedule.steps_per_epoch == 5 and schedule.total_iters == 10
@@ -446,17 +444,17 @@ def test_the_progress_rate_leaves_evaluation_pauses_out(monkeypatch):
 def test_each_accelerators_generator_is_saved_and_restored(monkeypatch):
     """Dropout on a GPU draws from the GPU's generator: ckpt.pt keeps it, and a CPU-trained run resumed on a GPU
     leaves the GPU's alone (there is none to restore)."""
-    import train
+    from runs import checkpoint
     saved = torch.arange(16, dtype=torch.uint8)
     restored = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: saved)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: restored.append(state))
     cuda = torch.device("cuda", 0)
-    state = train.device_rng_state(cuda)
-    assert torch.equal(state["cuda"], saved) and train.device_rng_state(torch.device("cpu")) == {}
-    train.set_device_rng_state(cuda, {})  # trained on a CPU
+    state = checkpoint.device_rng_state(cuda)
+    assert torch.equal(state["cuda"], saved) and checkpoint.device_rng_state(torch.device("cpu")) == {}
+    checkpoint.set_device_rng_state(cuda, {})  # trained on a CPU
     assert restored == []
-    train.set_device_rng_state(cuda, state)
+    checkpoint.set_device_rng_state(cuda, state)
     assert len(restored) == 1 and torch.equal(restored[0], saved)
 
 
