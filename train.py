@@ -32,6 +32,7 @@ from baselines import BASELINES, build_baseline, save_tuned
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
+from common.progress import format_duration
 from common.runs import claim_out_dir, environment, new_run_id, peak_memory
 from data import TEXT_FORMS, tokenized_split
 from model import GPT, GPTConfig
@@ -560,11 +561,6 @@ def check_ranks_agree(method: torch.nn.Module, world: int) -> None:
         raise RuntimeError("the processes ended with different prefixes")
     if dist.get_rank() == 0:
         print(f"all {world} processes hold the same trained weights")
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 if __name__ == "__main__":

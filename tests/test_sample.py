@@ -217,6 +217,20 @@ def test_sample_from_a_table_and_from_a_file(trained_run, tmp_path):
     assert len((tmp_path / "texts.txt").read_text(encoding="utf-8").splitlines()) == 2
 
 
+def test_decoding_into_a_log_reports_every_tenth(trained_run, tmp_path, monkeypatch, capsys):
+    """Output that is not a terminal (CI, a log file) gets a progress line per tenth of the tables decoded."""
+    import sample
+    from common.progress import Progress
+    monkeypatch.setattr(Progress, "quiet_seconds", 0)  # the tiny model decodes in well under the quiet 2 s
+    tables = tmp_path / "tables.txt"
+    tables.write_text("name : Aromi | Type : pub\n" * 20, encoding="utf-8")
+    sample.main(["--out_dir", str(trained_run), "--start", f"FILE:{tables}", "--batch_size", "2", "--num_beams", "1",
+                 "--max_new_tokens", "4", "--output", str(tmp_path / "texts.txt")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("decoding: ")]
+    assert [line.split()[1] for line in lines] == [f"{n}/20" for n in range(2, 21, 2)]
+    assert " tables/s | " in lines[0] and lines[0].endswith(" left") and lines[-1].endswith(" elapsed")
+
+
 def test_sample_scores_a_split_in_the_papers_layout(trained_run, tmp_path):
     result = run_script("sample.py", "--out_dir", trained_run, "--split", "dev", "--max_examples", "6",
                         "--max_new_tokens", "10", "--no-coco", "--output", tmp_path / "dev.txt")

@@ -110,6 +110,15 @@ def test_meteor_through_the_jar(java_meteor):
     assert meteor(["the cat sat on a mat"], [["a dog", "the cat sat on the mat", ""]]) == pytest.approx(partial)
 
 
+def test_meteor_reports_its_progress(java_meteor, monkeypatch, capsys):
+    from common.progress import Progress
+    from metrics.coco import meteor
+    monkeypatch.setattr(Progress, "quiet_seconds", 0)
+    meteor([f"the cat sat on mat {i}" for i in range(20)], [["the cat sat on the mat"]] * 20)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[1] for line in lines] == [f"{n}/20" for n in range(2, 21, 2)]
+
+
 def test_webnlg_scores_on_held_out_references(java_meteor, webnlg_test):
     chosen = webnlg_test[:60]
     texts = [ex.references[0] for ex in chosen]
