@@ -11,7 +11,9 @@ import time
 def format_duration(seconds: float) -> str:
     """1m05s, 12m40s, 3h07m: the precision a person waiting needs."""
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def format_rate(per_second: float) -> str:

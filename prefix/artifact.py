@@ -4,6 +4,7 @@ This is what a trained task costs to keep: prefix_len × n_layer × 2 × n_embd 
 GPT-2). Loading checks the metadata against the model, so a prefix is never run on a GPT it wasn't
 trained for.
 """
+import functools
 from pathlib import Path
 
 import torch
@@ -104,13 +105,18 @@ WHAT = {"run_id": "a run id", "iter": "a count of iterations", "best_val_loss": 
         "args": "the run's settings", "config": "the GPT's config"}
 
 
-# AdamW's param group: the keys this torch writes (older ones write fewer), of which these few are needed
-ADAMW_KEYS = {*torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).state_dict()["param_groups"][0], "param_names"}
-ADAMW_NEEDS = {"params", "lr", "betas", "eps", "weight_decay"}
+ADAMW_NEEDS = {"params", "lr", "betas", "eps", "weight_decay"}  # of an AdamW param group's keys
+
+
+@functools.cache
+def _adamw_keys() -> set[str]:
+    """The keys of an AdamW param group that this torch writes (older ones write fewer). Found on first use, not at
+    import: making an optimizer imports torch._dynamo, seconds that a process which only decodes need not spend."""
+    return {*torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).state_dict()["param_groups"][0], "param_names"}
 
 
 def _adamw_group(group) -> bool:
-    return (isinstance(group, dict) and ADAMW_NEEDS <= group.keys() <= ADAMW_KEYS
+    return (isinstance(group, dict) and ADAMW_NEEDS <= group.keys() <= _adamw_keys()
             and isinstance(group["params"], list) and all(type(i) is int for i in group["params"])
             and all(type(group[k]) in (int, float) or isinstance(group[k], torch.Tensor) for k in ("lr", "eps",
                                                                                                "weight_decay"))

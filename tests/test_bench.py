@@ -56,12 +56,14 @@ def test_full_weights_prints_the_training_rows_only():
     assert "decoding" not in out
 
 
+@pytest.mark.slow  # writes and loads a checkpoint in a process of its own
 def test_loading_prints_the_peak_rss_of_loading_a_checkpoint_of_the_models_shape():
     out = run("bench.py", "--loading")
     assert out.startswith("loading a ") and "(2 layers, 64 wide, vocab 512, random weights): peak RSS " in out
     assert out.rstrip().endswith("x the checkpoint's size") and "training" not in out
 
 
+@pytest.mark.slow  # one process per side, each timing its steps
 @pytest.mark.parametrize("device", DEVICES)
 def test_bench_peft_runs_both_sides_and_prints_the_ratios(device):
     pytest.importorskip("peft")
@@ -95,6 +97,7 @@ def test_a_bad_flag_is_one_sentence_and_exit_2(script, flags, says, capsys):
     assert err.startswith("error: ") and says in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # times training steps in a process of its own
 def test_the_side_by_side_timer_measures_the_checkout_it_is_run_in(tmp_path):
     """scripts/time_full_weight_step.py imports the GPT of the current directory, not its own checkout's."""
     for package in ("common", "model"):
