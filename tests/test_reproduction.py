@@ -1,18 +1,18 @@
-"""The README's reproduction commands set every one of the authors' settings its table lists."""
+"""README's reproduction commands set every one of the authors' settings that docs/reproduction.md's table lists."""
 import re
 import shlex
 
 import pytest
 
 from conftest import ROOT
+from markdown import section
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-SECTION = README[README.index("## Reproducing the paper's tables"):README.index("### This code vs the authors' code")]
-TABLE = README[README.index("### This code vs the authors' code"):README.index("The paper's E2E test numbers")]
+SECTION = section("README.md", "Reproducing the paper's tables")
+TABLE = section("docs/reproduction.md", "This code vs the authors' code")
 
 
 def commands(script: str) -> dict[str, list[str]]:
-    """The README's `python <script> ...` lines of the reproduction, keyed by dataset (from the --out_dir)."""
+    """README's `python <script> ...` lines of the reproduction, keyed by dataset (from the --out_dir)."""
     found = {}
     for line in SECTION.splitlines():
         if not line.strip().startswith(f"python {script} "):
