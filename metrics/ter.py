@@ -8,8 +8,8 @@ it most. Its search limits, kept here (as sacrebleu's port keeps them, which the
 - ties go to the longer block, then the earlier one, then the earlier target;
 - the edit distance is computed in a band of 25 reference words either side of the diagonal, so it can exceed
   the true Levenshtein distance on very different lengths;
-- at most 1,000 candidate moves are scored per hypothesis (sacrebleu's bound; on the WebNLG texts of the README's
-  check the result equals tercom's own to every digit).
+- at most 1,000 candidate moves are scored per hypothesis (sacrebleu's bound; on the WebNLG texts of the check in
+  docs/reproduction.md the result equals tercom's own to every digit).
 With several references a hypothesis is charged its fewest edits among them and the average of their lengths.
 """
 import functools

@@ -88,7 +88,7 @@ def test_our_export_runs_in_peft_and_peft_adapters_run_here(hf_and_ours, tmp_pat
                                    atol=1e-4, rtol=0)
 
 
-def test_the_export_command_writes_an_adapter_that_the_readmes_three_peft_lines_load(hf_and_ours, tmp_path):
+def test_the_export_command_writes_an_adapter_that_the_three_peft_lines_of_docs_usage_load(hf_and_ours, tmp_path):
     from transformers import AutoModelForCausalLM
     hf, gpt = hf_and_ours
     base = str(write_checkpoint(hf, tmp_path / "base"))
