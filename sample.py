@@ -13,7 +13,6 @@ references and scores under out_dir/eval/<dataset>-<split>/.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn as nn
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
+from common.progress import Progress
 from data import DATASETS, SPLITS, TEXT_FORMS, category_subset, check_text_form, load_examples, prompt_ids
 from metrics import coco_scores, e2e_scores, format_scores, format_webnlg, webnlg_scores
 from metrics.e2e_files import hypotheses_text, one_line, read_hypotheses, references_text
@@ -97,6 +97,7 @@ def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, devi
     generator = torch.Generator(device).manual_seed(args.seed)
     mixed_precision = autocast(device, pick_dtype(args.dtype, device))
     texts = []
+    progress = Progress("decoding", len(tables), "tables")
     for start in range(0, len(tables), args.batch_size):
         chunk = [prompt_ids(tokenizer, table) for table in tables[start:start + args.batch_size]]
         idx, mask = left_pad(chunk, eot, device)
@@ -112,10 +113,8 @@ def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, devi
                     top_k=args.top_k, top_p=args.top_p, eos_id=eot, min_length=args.min_length, banned_ids=banned,
                     generator=generator).tolist()]
         texts += [one_line(tokenizer.decode(tokens).strip()) for tokens in outputs]
-        if sys.stderr.isatty():
-            print(f"\rdecoded {len(texts)}/{len(tables)}", end="", file=sys.stderr, flush=True)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+        progress.advance(len(outputs))
+    progress.close()
     return texts
 
 

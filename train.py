@@ -26,6 +26,7 @@ from common import UserError, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.distributed import check_ranks_agree, rank_and_world, stop_on_ctrl_c
 from common.memory import peak_memory, reuse_freed_memory
+from common.progress import format_duration
 from data import TEXT_FORMS, check_text_form, tokenized_split
 from model import GPT, GPTConfig
 from model.cpu_kernels import use_cpu_kernels
@@ -299,9 +300,6 @@ class Window:
         self.tokens, self.time = tokens, time.time()
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """ckpt.pt: a run's training state (the method's trained tensors, AdamW, the iteration, every generator), read back
 without running any code and checked to hold what train.py writes."""
+import functools
+
 import torch
 
 from common.errors import UserError
@@ -30,13 +32,18 @@ WHAT = {"run_id": "a run id", "iter": "a count of iterations", "best_val_loss": 
         "args": "the run's settings", "config": "the GPT's config"}
 
 
-# AdamW's param group: the keys this torch writes (older ones write fewer), of which these few are needed
-ADAMW_KEYS = {*torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).state_dict()["param_groups"][0], "param_names"}
-ADAMW_NEEDS = {"params", "lr", "betas", "eps", "weight_decay"}
+ADAMW_NEEDS = {"params", "lr", "betas", "eps", "weight_decay"}  # of an AdamW param group's keys
+
+
+@functools.cache
+def _adamw_keys() -> set[str]:
+    """The keys of an AdamW param group that this torch writes (older ones write fewer). Found on first use, not at
+    import: making an optimizer imports torch._dynamo, seconds that a process which only decodes need not spend."""
+    return {*torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).state_dict()["param_groups"][0], "param_names"}
 
 
 def _adamw_group(group) -> bool:
-    return (isinstance(group, dict) and ADAMW_NEEDS <= group.keys() <= ADAMW_KEYS
+    return (isinstance(group, dict) and ADAMW_NEEDS <= group.keys() <= _adamw_keys()
             and isinstance(group["params"], list) and all(type(i) is int for i in group["params"])
             and all(type(group[k]) in (int, float) or isinstance(group[k], torch.Tensor) for k in ("lr", "eps",
                                                                                                "weight_decay"))

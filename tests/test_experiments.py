@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_main, run_script
+from experiments import pretrain_small
+from markdown import section
 from model import GPT
 
 E2E_KEYS = "name|Type|food|price|customer rating|family friendly|area|near"
@@ -20,41 +22,43 @@ def data_flags(e2e_dir, webnlg_dir):
     return ["--e2e_dir", e2e_dir, "--webnlg_dir", webnlg_dir]
 
 
-def test_pretrain_small_quick_writes_a_checkpoint_transformers_loads_and_resumes(e2e_dir, webnlg_dir, tmp_path):
-    from transformers import GPT2LMHeadModel
-    out = tmp_path / "small"
-    result = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out,
-                        *data_flags(e2e_dir, webnlg_dir))
+@pytest.fixture(scope="module")
+def pretrained(e2e_dir, webnlg_dir, tmp_path_factory):
+    """experiments.pretrain_small --quick, run once: (its --out_dir, what it printed)."""
+    out = tmp_path_factory.mktemp("pretrain") / "small"
+    result = run_main(pretrain_small.main, "--quick", "--out_dir", out, *data_flags(e2e_dir, webnlg_dir))
     assert result.returncode == 0, result.stderr
-    assert "resuming" not in result.stdout
+    return out, result.stdout
+
+
+def test_pretrain_small_quick_writes_a_checkpoint_transformers_loads_and_resumes(pretrained, e2e_dir, webnlg_dir):
+    from transformers import GPT2LMHeadModel
+    out, stdout = pretrained
+    assert "resuming" not in stdout
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
     ours = GPT.from_pretrained(str(out))
     theirs = GPT2LMHeadModel.from_pretrained(str(out)).eval()
     idx = torch.randint(0, ours.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx)[0], theirs(idx).logits, atol=1e-4, rtol=0)
-    summary = json.loads((tmp_path / "small.json").read_text())
+    summary = json.loads((out.parent / "small.json").read_text())
     history = summary["history"]
     assert [r["iter"] for r in history] == [2, 4]  # --quick: 4 iterations, evaluated every 2
     for record in history:
         assert np.isfinite(record["val_loss"]) and record["val_loss"] > 0
         assert 0 <= record["copy_accuracy"] <= 1
-    assert (tmp_path / "small.state" / "ckpt.pt").exists()
+    assert (out.parent / "small.state" / "ckpt.pt").exists()
     # a second call continues the saved run rather than starting over, and writes the same model
     weights = (out / "model.safetensors").read_bytes()
-    again = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out,
-                       *data_flags(e2e_dir, webnlg_dir))
+    again = run_main(pretrain_small.main, "--quick", "--out_dir", out, *data_flags(e2e_dir, webnlg_dir))
     assert again.returncode == 0, again.stderr
     assert "resuming at iteration 4" in again.stdout
     assert (out / "model.safetensors").read_bytes() == weights
 
 
-def test_pretrain_small_refuses_to_resume_with_other_settings(e2e_dir, webnlg_dir, tmp_path):
-    out = tmp_path / "small"
-    assert run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out,
-                      *data_flags(e2e_dir, webnlg_dir)).returncode == 0
-    result = run_script("-m", "experiments.pretrain_small", "--quick", "--out_dir", out, "--seed", "5",
-                        *data_flags(e2e_dir, webnlg_dir))
+def test_pretrain_small_refuses_to_resume_with_other_settings(pretrained, e2e_dir, webnlg_dir):
+    result = run_main(pretrain_small.main, "--quick", "--out_dir", pretrained[0], "--seed", "5",
+                      *data_flags(e2e_dir, webnlg_dir))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "other settings" in result.stderr
 
 
@@ -84,6 +88,7 @@ def test_the_pretraining_corpus_never_shows_an_e2e_table(small_corpus, e2e_dir, 
     assert re.search(r"\S+ : \S+ : ", train)
 
 
+@pytest.mark.slow  # the whole pipeline: a small LM pretrained, 11 runs trained, decoded and scored (~40 s)
 def test_e2e_small_quick_runs_every_method_then_reuses_every_run(e2e_dir, webnlg_dir, tmp_path):
     work, results = tmp_path / "runs", tmp_path / "results"
     coco = shutil.which("java") is not None and importlib.util.find_spec("pycocoevalcap") is not None
@@ -134,14 +139,15 @@ def test_e2e_small_quick_runs_every_method_then_reuses_every_run(e2e_dir, webnlg
     assert elapsed < 60, f"the second call took {elapsed:.0f} s; it should only collect the results"
 
 
-def test_readme_shows_the_committed_run_of_the_miniature():
-    """Every row of the committed results' three tables is in README as it is."""
+def test_readme_and_docs_show_the_committed_run_of_the_miniature():
+    """The committed results' main table is in README's miniature section as it is, its low-data and prefix-length
+    tables in docs/miniature.md's sections."""
     markdown = (ROOT / "experiments" / "results" / "results.md").read_text(encoding="utf-8")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    tables = [section.split("\n## ")[0] for section in markdown.split("\n## ")[1:4]]
+    tables = [part.split("\n## ")[0] for part in markdown.split("\n## ")[1:4]]
     assert [t.splitlines()[0] for t in tables] == ["Main table", "Low data (mean ± half the range over seeds 1, 2)",
                                                    "Prefix length"]
-    rows = [line for table in tables for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 8 + 1 + 4 + 1 + 4
-    missing = [row for row in rows if row not in readme]
-    assert not missing, missing
+    shown = [section("README.md", "It learns: the paper's comparisons in miniature"),
+             section("docs/miniature.md", "Low data"), section("docs/miniature.md", "Prefix length")]
+    rows = [[line for line in table.splitlines() if line.startswith("| ") and "---" not in line] for table in tables]
+    assert [len(table) for table in rows] == [1 + 8, 1 + 4, 1 + 4]
+    assert [[row for row in table if row not in page] for table, page in zip(rows, shown)] == [[], [], []]

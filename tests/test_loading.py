@@ -57,6 +57,7 @@ def test_hub_keys_include_mask_buffers_that_must_not_shadow_real_biases(tmp_path
 
 # ---- loading lean: the checkpoint's tensors become the parameters, read in place ---------------------------------
 
+@pytest.mark.slow  # the peak of a fresh process, which writes a 150 MB checkpoint first
 def test_loading_peaks_at_about_the_checkpoint_size(tmp_path, capsys):
     """Peak RSS of a fresh process that loads a 155 MB checkpoint and runs a token through it, minus the same for a
     checkpoint of a few KB (so the interpreter, torch and the code paths cancel): at most 1.3x the file's size."""

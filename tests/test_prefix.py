@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel, PrefixTuningConfig, get_peft_model
 
 from common.errors import UserError
-from conftest import DEVICES, on_device, run_script
+from conftest import DEVICES, on_device, run_main, run_script
 from hub_checkpoint import random_hf_gpt2, write_checkpoint
 from model import GPT, GPTConfig, KVCache
 from model.generate import generate
@@ -16,6 +16,7 @@ from prefix.ablations import EmbeddingOnly, InfixTuning, build_prefix, init_from
 from prefix.artifact import load_prefix, prefix_metadata, save_prefix
 from prefix.bank import PrefixBank
 from prefix.tuning import prefix_rows
+from prefix import peft_format
 from prefix.peft_format import load_peft_adapter, save_peft_adapter
 
 V = 101
@@ -87,7 +88,7 @@ def test_our_export_runs_in_peft_and_peft_adapters_run_here(hf_and_ours, tmp_pat
                                    atol=1e-4, rtol=0)
 
 
-def test_the_export_command_writes_an_adapter_that_the_readmes_three_peft_lines_load(hf_and_ours, tmp_path):
+def test_the_export_command_writes_an_adapter_that_the_three_peft_lines_of_docs_usage_load(hf_and_ours, tmp_path):
     from transformers import AutoModelForCausalLM
     hf, gpt = hf_and_ours
     base = str(write_checkpoint(hf, tmp_path / "base"))
@@ -113,7 +114,7 @@ def test_the_export_command_writes_an_adapter_that_the_readmes_three_peft_lines_
 def test_the_export_command_refuses_in_one_sentence(gpt, tmp_path, variant, message):
     if variant:
         save_prefix(build_prefix(variant, gpt, 2, 8).export(), tmp_path / "prefix.safetensors", "tiny")
-    result = run_script("-m", "prefix.peft_format", "export", tmp_path, tmp_path / "adapter")
+    result = run_main(peft_format.main, "export", tmp_path, tmp_path / "adapter")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and result.stderr.count("\n") == 1
 
