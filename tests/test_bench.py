@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import bench_peft
-from bench import main, training_step_flops
+from bench import main
+from benchmarks.work import training_step_flops
 from conftest import DEVICES, run_main
 from model import GPTConfig
 
