@@ -37,7 +37,6 @@ from model.loading import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-E2E_STEPS_PER_EPOCH = 4207  # 42,061 training pairs in batches of 10
 INIT_TEXT = "describe the restaurant from its table in one sentence:"  # 10 tokens: a prefix of P = 10
 
 
@@ -108,14 +107,16 @@ class Progress:
         self.stage, self.run = stage, 0
 
     def announce(self, run: Run) -> None:
+        self.step(f"{run.lm} {run.label} at {run.rate:.3g}")
+
+    def step(self, what: str) -> None:
         names = list(self.stages)
         planned = self.stages[self.stage]
         self.run += 1
         remaining = sum(sum(costs) for costs in self.stages.values()) - self.done
         print(f"stage {names.index(self.stage) + 1} of {len(names)} ({self.stage}), run {self.run} of "
-              f"{max(self.run, len(planned))}: {run.lm} {run.label} at {run.rate:.3g} | elapsed "
-              f"{format_duration(time.time() - self.started)}, remaining ~{format_duration(max(0.0, remaining))}",
-              flush=True)
+              f"{max(self.run, len(planned))}: {what} | elapsed {format_duration(time.time() - self.started)}, "
+              f"remaining ~{format_duration(max(0.0, remaining))}", flush=True)
         if self.run <= len(planned):
             self.done += planned[self.run - 1]
 
@@ -259,13 +260,14 @@ def plan_costs(budget: Budget) -> dict[str, list[float]]:
 def pretrain(budget: Budget, setup: Setup, webnlg_dir: Path, progress: Progress) -> float:
     """Build each LM unless it is there; the seconds it took (0 when all are reused)."""
     seconds = 0.0
-    for i, (name, flags) in enumerate(budget.lms.items(), 1):
+    progress.begin("pretraining")
+    for name, flags in budget.lms.items():
         lm = setup.work / name
         if (lm / "model.safetensors").exists():
+            progress.step(f"{name}, pretrained before: reused")
             continue
         lm.parent.mkdir(parents=True, exist_ok=True)
-        print(f"stage 1 of {len(progress.stages)} (pretraining), LM {i} of {len(budget.lms)}: {name} into {lm} "
-              f"(log: {lm}.log) | elapsed {format_duration(time.time() - progress.started)}", flush=True)
+        progress.step(f"pretraining {name} into {lm} (log: {lm}.log)")
         seconds += run_script(pretrain_small, ["--out_dir", str(lm), "--e2e_dir", str(setup.e2e_dir),
                                                "--webnlg_dir", str(webnlg_dir), *flags], Path(f"{lm}.log"))
     return seconds
