@@ -27,9 +27,10 @@ from pathlib import Path
 from baselines import adapter_dim_for_share
 from common import UserError, exit_on_user_error
 from common.cli import ArgumentParser
+from common.progress import format_duration
 from experiments import pretrain_small
 from experiments.rates import choose_rate
-from experiments.report import format_duration, write_results
+from experiments.report import write_results
 from experiments.runner import Run, Setup, advance, run_script
 from experiments.subsets import training_subset
 from model import GPT

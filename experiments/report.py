@@ -8,17 +8,13 @@ from pathlib import Path
 
 from common import UserError, atomic_path
 from common.figures import pyplot, save_png
+from common.progress import format_duration
 from data import load_examples
 from experiments.runner import Run, Setup, format_rate
 
 E2E_STEPS_PER_EPOCH = 4207  # 42,061 training pairs in batches of 10 (train.py's E2E default)
 METRICS = (("BLEU", 1), ("NIST", 2), ("METEOR", 1), ("ROUGE-L", 1), ("CIDEr", 2))
 PARITY = 1.0  # BLEU: "on par" allows prefix-tuning this far below fine-tuning (the paper's Table 1 margins)
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def run_record(run: Run) -> dict:
