@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup_iters", type=int, default=0, help="linear warmup before the linear decay")
     p.add_argument("--epochs", type=float, default=None, help="passes over the training data (default: the paper's 5)")
     p.add_argument("--max_iters", type=int, default=None, help="stop earlier than --epochs (the smaller wins)")
+    p.add_argument("--stop_at", type=int, default=None,
+                   help="pause at this iteration, checkpointed, on the same schedule; --resume goes on (in segments)")
     p.add_argument("--grad_accum", type=int, default=1,
                    help="micro-batches per iteration: the global batch is batch_size x processes x grad_accum")
     p.add_argument("--loss_reduction", default=None, choices=sorted(LOSS_NAMES),
@@ -149,7 +151,8 @@ def main(argv=None):
     window = Window(it)  # the progress line's rate: since the last line, evaluation pauses excluded
     finite = torch.ones((), dtype=torch.bool, device=device)  # checked where the loop talks, not every step
     method.train()
-    while it < schedule.total_iters:
+    end = schedule.total_iters if args.stop_at is None else min(args.stop_at, schedule.total_iters)
+    while it < end:
         lr = schedule.learning_rate(it)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -200,10 +203,17 @@ def main(argv=None):
             say(f"interrupted at iteration {it}; continue with: python train.py --out_dir {run.out_dir} --resume")
             sys.exit(130)
 
-    path = run.export(method, model, tokenizer, best=False)
-    say(f"done: {path} (best val loss {best_val:.4f} in {run.export_path(best=True).name})\n"
-        f"{format_duration(time.time() - started)} wall, {tokens_trained:,} tokens trained ({targets_trained:,} "
-        f"with a loss), peak memory {peak_memory(device)}")
+    if it < schedule.total_iters:  # paused by --stop_at
+        if it % args.eval_interval and (run.checkpoint is None or it > run.checkpoint["iter"]):  # not saved yet
+            check_finite(finite, it, loss_sum, grad_norm, run)
+            run.save_checkpoint(it, best_val, method, optimizer, config)
+        say(f"paused at iteration {it} of {schedule.total_iters}; continue with: python train.py --out_dir "
+            f"{run.out_dir} --resume")
+    else:
+        path = run.export(method, model, tokenizer, best=False)
+        say(f"done: {path} (best val loss {best_val:.4f} in {run.export_path(best=True).name})\n"
+            f"{format_duration(time.time() - started)} wall, {tokens_trained:,} tokens trained ({targets_trained:,} "
+            f"with a loss), peak memory {peak_memory(device)}")
     if world > 1:
         check_ranks_agree(method, world)
         dist.destroy_process_group()

@@ -261,6 +261,24 @@ def test_a_new_run_starts_a_new_log_and_resume_survives_a_torn_last_line(tiny_gp
     assert [json.loads(line)["iter"] for line in open(tmp_path / "log.jsonl")] == iters
 
 
+def test_a_run_trained_in_segments_with_stop_at_ends_bitwise_equal_to_one_run(tiny_gpt2, e2e_dir, tmp_path):
+    reference, segmented = tmp_path / "whole", tmp_path / "segments"
+    assert train(tiny_gpt2, e2e_dir, reference).returncode == 0
+    # 12 is not an evaluation point (every 8): the pause checkpoints by itself
+    first = train(tiny_gpt2, e2e_dir, segmented, "--stop_at", "12")
+    assert first.returncode == 0, first.stderr
+    assert "paused at iteration 12 of 24" in first.stdout and not (segmented / "prefix.safetensors").exists()
+    assert torch.load(segmented / "ckpt.pt", weights_only=True)["iter"] == 12
+    for stop in ("16", "16", "40"):  # the same stop again pauses at once; past the end, the run finishes
+        result = train(tiny_gpt2, e2e_dir, segmented, "--resume", "--stop_at", stop)
+        assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["iter"] for line in open(segmented / "log.jsonl")] == \
+        [json.loads(line)["iter"] for line in open(reference / "log.jsonl")]
+    assert val_losses(segmented) == val_losses(reference)  # the learning rate followed the one 24-step schedule
+    ours, theirs = (safetensors.load_file(run / "prefix.safetensors") for run in (segmented, reference))
+    assert torch.equal(ours["prefix"], theirs["prefix"])
+
+
 def test_resume_with_another_number_of_processes_is_refused(tiny_gpt2, e2e_dir, tmp_path):
     assert train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8").returncode == 0
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
