@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-from bench import ROWS, cell, describe, measure, our_side, parse_work, prefix_work, random_batch, work_parser
+from benchmarks.timing import measure
+from benchmarks.work import ROWS, cell, describe, our_side, parse_work, prefix_work, random_batch, work_parser
 from common import UserError, exit_on_user_error
 from common.cli import autocast, check_ranges
+
 
 def parse_args(argv=None):
     p = work_parser(__doc__.split("\n\n")[0])

@@ -13,31 +13,24 @@ references and scores under out_dir/eval/<dataset>-<split>/.
 """
 import argparse
 import json
-import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-
 import torch.nn as nn
 
-from baselines import ChangesTheGPT, build_baseline, load_tuned
 from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
-from data import DATASETS, SPLITS, TEXT_FORMS, category_subset, load_examples, prompt_ids
+from common.progress import Progress
+from data import DATASETS, SPLITS, TEXT_FORMS, category_subset, check_text_form, load_examples, prompt_ids
 from metrics import coco_scores, e2e_scores, format_scores, format_webnlg, webnlg_scores
 from metrics.e2e_files import hypotheses_text, one_line, read_hypotheses, references_text
 from model import GPT
+from model.cpu_kernels import use_cpu_kernels
 from model.generate import beam_search, generate, left_pad
-from model import safetensors
-from model.loading import checkpoint_dir
-from model.tokenizer import get_tokenizer
-from prefix import build_prefix, load_prefix, prefix_metadata
-from prefix.artifact import read_training_checkpoint, restore_training_state
-from prefix.peft_format import load_peft_adapter, peft_base_model
+from model.tokenizer import NEWLINES
+from runs import find_trained
 
-NEWLINES = (198, 628)  # GPT-2's "\n" and "\n\n": the paper's code bans them, one text is one line
 # transformers 3's clean_up_tokenization, in its order: the authors decode with clean_up_tokenization_spaces=True
 CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
@@ -96,93 +89,6 @@ def parse_args(argv=None):
     return args
 
 
-EXPORTS = (("prefix", ".safetensors"), ("tuned", ".safetensors"), ("model", ""))  # a prefix, a baseline, fine-tuning
-
-
-def exports(out_dir: Path, which: str) -> list[Path]:
-    """Where a run keeps its final or best export, for each kind of method."""
-    return [out_dir / f"{stem}{'_best' if which == 'best' else ''}{suffix}" for stem, suffix in EXPORTS]
-
-
-def find_run(args) -> tuple[Path | None, dict | None, dict]:
-    """The export --prefix names (None: decode ckpt.pt, the latest state of a run that has not finished), the
-    training checkpoint (None when there is none), and the run's settings (ckpt.pt's, else what the export records).
-    """
-    if args.peft_adapter:  # a PEFT adapter records only the GPT-2 it was made for
-        return Path(args.peft_adapter), None, {"init_from": peft_base_model(args.peft_adapter)}
-    out_dir = Path(args.out_dir)
-    if not out_dir.is_dir():
-        raise UserError(f"there is no training run at {out_dir}; train one with train.py --out_dir {out_dir}")
-    checkpoint = read_training_checkpoint(out_dir / "ckpt.pt") if (out_dir / "ckpt.pt").exists() else None
-    export = next((path for path in exports(out_dir, args.prefix) if path.exists()), None)
-    if export is None and (checkpoint is None or args.prefix == "best"):
-        other = "final" if args.prefix == "best" else "best"
-        found = next((path for path in exports(out_dir, other) if path.exists()), None)
-        hint = f"; it holds {found.name}: pass --prefix {other}" if found else ""
-        if found is None and checkpoint is not None:
-            hint = "; its ckpt.pt (the latest state of training) is decoded with --prefix final"
-        raise UserError(f"{out_dir} holds no {args.prefix} export of a trained method"
-                        f"{' nor ckpt.pt' if args.prefix == 'final' else ''}{hint}")
-    metadata = export_metadata(export) if export is not None else {}
-    if checkpoint and export is not None and metadata.get("run_id") != checkpoint["run_id"]:
-        raise UserError(f"{export} was not written by the run in {out_dir / 'ckpt.pt'} (run "
-                        f"{str(metadata.get('run_id'))[:64]}, not {checkpoint['run_id']}); it is left from another "
-                        f"run: delete it, or retrain with train.py --overwrite")
-    if checkpoint:
-        trained = checkpoint["args"]
-    else:  # what the export records (fine-tuning's, a GPT-2 checkpoint, records no base model: it is one)
-        trained = {"init_from": metadata.get("base_model"), "dataset": metadata.get("dataset"),
-                   "e2e_text": metadata.get("e2e_text")}
-    return export, checkpoint, trained
-
-
-def export_metadata(export: Path) -> dict[str, str]:
-    """The metadata train.py wrote into an export: a prefix's, a baseline's, or a fine-tuned GPT's weights file."""
-    if export.is_dir():
-        return safetensors.load_metadata(export / "model.safetensors")
-    return prefix_metadata(export) if export.name.startswith("prefix") else safetensors.load_metadata(export)
-
-
-def load_method(args, export: Path | None, checkpoint: dict | None, trained: dict,
-                device) -> tuple[GPT, nn.Module, object]:
-    """The GPT, the run's trained method ready to decode, and the tokenizer.
-
-    The method is the export (a prefix without its MLP, a baseline's tensors applied to the base GPT, or a whole
-    fine-tuned GPT), else the state in ckpt.pt.
-    """
-    if args.peft_adapter:  # a PEFT prefix-tuning adapter, on the GPT-2 it names (or --init_from)
-        directory = checkpoint_dir(args.init_from or trained["init_from"])
-        gpt = GPT.from_pretrained(str(directory)).to(device).requires_grad_(False)
-        return gpt, load_peft_adapter(args.peft_adapter, gpt.config).to(device), get_tokenizer(directory)
-    if export is not None and export.is_dir():  # fine-tuning: a whole GPT-2, no base model needed
-        gpt = GPT.from_pretrained(str(export)).to(device).requires_grad_(False)
-        return gpt, ChangesTheGPT(gpt), get_tokenizer(export)
-    directory = checkpoint_dir(args.init_from or trained["init_from"])
-    gpt = GPT.from_pretrained(str(directory)).to(device).requires_grad_(False)
-    mode = trained.get("tuning_mode", "prefix")
-    if export is not None:
-        method = load_prefix(export, gpt.config) if export.name.startswith("prefix") else load_tuned(export, gpt)
-    else:
-        if checkpoint["config"] != asdict(gpt.config):
-            raise UserError(f"{Path(args.out_dir) / 'ckpt.pt'} was trained for {trained['init_from']}, not this "
-                            f"model; load it with --init_from {trained['init_from']}")
-        if mode == "prefix":
-            method = build_prefix(trained["variant"], gpt, trained["prefix_len"], trained["mid_dim"],
-                                  trained["reparam"], positions_from_zero=trained["positions_from_zero"])
-        else:
-            method = build_baseline(mode, gpt, trained)
-        restore_training_state(Path(args.out_dir) / "ckpt.pt", checkpoint, method)
-        method = method.export() if mode == "prefix" else method.requires_grad_(False).eval()
-    return gpt, method.to(device), get_tokenizer(directory)
-
-
-def load_run(args, device) -> tuple[GPT, nn.Module, object, dict]:
-    """The GPT, the trained method ready to decode, the tokenizer, and the run's settings: what --out_dir (or
-    --peft_adapter) names."""
-    export, checkpoint, trained = find_run(args)
-    return (*load_method(args, export, checkpoint, trained, device), trained)
-
-
 @torch.no_grad()
 def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, device) -> list[str]:
     """One text per table, on one line, decoded in left-padded batches; a prefix seeds the KV cache."""
@@ -191,6 +97,7 @@ def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, devi
     generator = torch.Generator(device).manual_seed(args.seed)
     mixed_precision = autocast(device, pick_dtype(args.dtype, device))
     texts = []
+    progress = Progress("decoding", len(tables), "tables")
     for start in range(0, len(tables), args.batch_size):
         chunk = [prompt_ids(tokenizer, table) for table in tables[start:start + args.batch_size]]
         idx, mask = left_pad(chunk, eot, device)
@@ -206,10 +113,8 @@ def decode(gpt: GPT, method: nn.Module, tokenizer, tables: list[str], args, devi
                     top_k=args.top_k, top_p=args.top_p, eos_id=eot, min_length=args.min_length, banned_ids=banned,
                     generator=generator).tolist()]
         texts += [one_line(tokenizer.decode(tokens).strip()) for tokens in outputs]
-        if sys.stderr.isatty():
-            print(f"\rdecoded {len(texts)}/{len(tables)}", end="", file=sys.stderr, flush=True)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+        progress.advance(len(outputs))
+    progress.close()
     return texts
 
 
@@ -290,19 +195,18 @@ DECODING = ("prefix", "init_from", "num_beams", "length_penalty", "min_length", 
 def main(argv=None):
     args = parse_args(argv)
     reuse_freed_memory()
-    export, checkpoint, trained = find_run(args)
-    source = export or Path(args.out_dir) / "ckpt.pt"
-    dataset = args.dataset or trained.get("dataset") or "e2e"
-    text_form = args.e2e_text or trained.get("e2e_text") or "official"
-    if text_form != "official" and dataset != "e2e":
-        raise UserError(f"--e2e_text {text_form} rewrites E2E references; this is a {dataset} run")
+    trained = find_trained(args.out_dir, args.prefix, args.peft_adapter)
+    settings, source = trained.settings, trained.source
+    dataset = args.dataset or settings.get("dataset") or "e2e"
+    text_form = args.e2e_text or settings.get("e2e_text") or "official"
+    check_text_form(dataset, text_form)
     if args.split is None:
         tables = read_tables(args.start)
     else:
-        if args.hypotheses is None and trained.get("dataset") not in (None, dataset):
-            raise UserError(f"{source} was trained on {trained['dataset']}, not {dataset}; decoding it on "
-                            f"{dataset} {args.split} is refused (drop --dataset to use {trained['dataset']})")
-        examples = load_examples(dataset, args.split, args.data_dir or trained.get("data_dir"),
+        if args.hypotheses is None and settings.get("dataset") not in (None, dataset):
+            raise UserError(f"{source} was trained on {settings['dataset']}, not {dataset}; decoding it on "
+                            f"{dataset} {args.split} is refused (drop --dataset to use {settings['dataset']})")
+        examples = load_examples(dataset, args.split, args.data_dir or settings.get("data_dir"),
                                  text_form=text_form)[:args.max_examples]
         tables = [ex.table for ex in examples]
     if args.hypotheses is not None:
@@ -311,11 +215,13 @@ def main(argv=None):
         print(f"{dataset} {args.split}: {len(texts)} tables, texts from {args.hypotheses}")
     else:
         device = pick_device(args.device)
-        texts = decode(*load_method(args, export, checkpoint, trained, device), tables, args, device)
+        gpt, method, tokenizer = trained.load(args.init_from, device)
+        use_cpu_kernels(gpt, method)
+        texts = decode(gpt, method, tokenizer, tables, args, device)
         if text_form == "authors":
             texts = [as_the_authors_decode(text) for text in texts]
         made = {"decoded": str(source), "decoding": {name: getattr(args, name) for name in DECODING}
-                | {"init_from": args.init_from or trained.get("init_from"), "device": str(device)}}
+                | {"init_from": args.init_from or settings.get("init_from"), "device": str(device)}}
         if args.split is not None:
             print(f"{dataset} {args.split}: {len(texts)} tables, beam {args.num_beams}, decoded {source}")
     if args.output:

@@ -12,49 +12,36 @@ prefix_best.safetensors: P, no MLP; tuned[_best].safetensors for FT-top2, adapte
 whole GPT-2 checkpoint, for fine-tuning), and log.jsonl (the curves).
 """
 import argparse
-import functools
-import json
 import math
-import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from baselines import BASELINES, build_baseline, save_tuned
-from common import UserError, atomic_path, exit_on_user_error
+from common import UserError, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
-from common.memory import reuse_freed_memory
-from common.runs import claim_out_dir, environment, new_run_id, peak_memory
-from data import DATASETS, TEXT_FORMS, rows_that_fit, tokenized_splits
+from common.distributed import check_ranks_agree, rank_and_world, stop_on_ctrl_c
+from common.memory import peak_memory, reuse_freed_memory
+from common.progress import format_duration
+from data import DATASETS, TEXT_FORMS, check_text_form, rows_that_fit, tokenized_splits
 from model import GPT, GPTConfig
-from model.loading import checkpoint_dir, read_config, save_pretrained
+from model.cpu_kernels import use_cpu_kernels
+from model.loading import checkpoint_dir, read_config
 from model.tokenizer import get_tokenizer
-from prefix import VARIANTS, build_prefix, freeze, init_from_text, parameter_report, save_prefix
-from prefix.artifact import read_training_checkpoint, restore_training_state
+from prefix import VARIANTS, freeze
+from runs import Run, Schedule
+from runs.methods import (METHODS, build_method, check_settings, default_loss_reduction, initialize,
+                          positions_taken)
 
 # The paper's table-to-text settings (Li & Liang 2021, §5 and Appendix A): AdamW, linear decay, MLP k = 512; the
 # learning rate, batch, epochs and prefix length of each dataset are in its data module (data/datasets.py).
 PAPER = {name: module.TRAINING for name, module in DATASETS.items()}
 LOSS_NAMES = {"sentence": "summed over each text, averaged over texts", "token": "mean per target token"}
 SPLITS = ("train", "dev")  # what training reads: it trains on one and picks the best export on the other
-# Arguments that define the run; --resume refuses to change them, so a resumed run is the same run
-# (except data_dir: the same data may have moved).
-RUN_ARGS = ("init_from", "dataset", "data_dir", "e2e_text", "skip_long_rows", "train_examples", "tuning_mode",
-            "prefix_len", "mid_dim", "variant", "reparam", "prefix_dropout", "init_text", "positions_from_zero", "top_blocks", "adapter_dim",
-            "lora_rank", "lora_alpha", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs",
-            "max_iters", "grad_clip", "seed", "loss_reduction", "grad_accum")
-# The file each kind of method exports at the end; "_best" is inserted before the suffix for the best one.
-EXPORTS = {"prefix": "prefix.safetensors", "finetune": "model", "finetune-top": "tuned.safetensors",
-           "adapter": "tuned.safetensors", "lora": "tuned.safetensors"}
-RUN_FILES = ["config.json", "log.jsonl", "ckpt.pt", "eval"]  # besides the exports; sample.py writes eval/
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="E2E references as released, or PTB-tokenized as the authors trained on them")
     p.add_argument("--train_examples", type=int, default=None,
                    help="train on a random subset of this many (table, text) pairs, drawn from --seed (low-data runs)")
-    p.add_argument("--tuning_mode", default="prefix", choices=["prefix", *BASELINES],
+    p.add_argument("--tuning_mode", default="prefix", choices=METHODS,
                    help="prefix-tuning, or a baseline: fine-tuning, its top blocks only, adapters, LoRA")
     p.add_argument("--prefix_len", type=int, default=None, help="P: the number of prefix positions (default: the authors', 10 for E2E and 5 for WebNLG)")
     p.add_argument("--mid_dim", type=int, default=512, help="the reparameterization MLP's width k")
@@ -88,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup_iters", type=int, default=0, help="linear warmup before the linear decay")
     p.add_argument("--epochs", type=float, default=None, help="passes over the training data (default: the paper's 5)")
     p.add_argument("--max_iters", type=int, default=None, help="stop earlier than --epochs (the smaller wins)")
+    p.add_argument("--stop_at", type=int, default=None,
+                   help="pause at this iteration, checkpointed, on the same schedule; --resume goes on (in segments)")
     p.add_argument("--grad_accum", type=int, default=1,
                    help="micro-batches per iteration: the global batch is batch_size x processes x grad_accum")
     p.add_argument("--loss_reduction", default=None, choices=sorted(LOSS_NAMES),
@@ -111,24 +100,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, value in PAPER[args.dataset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.loss_reduction is None:
-        args.loss_reduction = "sentence" if args.tuning_mode == "prefix" else "token"
+    args.loss_reduction = args.loss_reduction or default_loss_reduction(args.tuning_mode)
     check_ranges(args, positive=("prefix_len", "batch_size", "mid_dim", "eval_interval", "log_interval", "max_iters",
                                   "epochs", "learning_rate", "grad_clip", "train_examples", "top_blocks",
                                   "adapter_dim", "lora_rank", "lora_alpha", "grad_accum"),
                  at_least_zero=("warmup_iters", "eval_iters", "weight_decay"))
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --out_dir and --overwrite replaces it; give one of them")
-    if args.e2e_text != "official" and args.dataset != "e2e":
-        raise UserError(f"--e2e_text {args.e2e_text} rewrites E2E references; --dataset {args.dataset} has its own")
+    check_text_form(args.dataset, args.e2e_text)
     if not 0 <= args.prefix_dropout < 1:
         raise UserError(f"--prefix_dropout must be at least 0 and below 1, got {args.prefix_dropout}")
-    if args.tuning_mode != "prefix" and (args.variant != "prefix" or args.init_text or args.positions_from_zero):
-        raise UserError(f"--variant, --init_text and --positions_from_zero shape a prefix; --tuning_mode "
-                        f"{args.tuning_mode} has none")
-    if args.variant == "infix" and args.positions_from_zero:
-        raise UserError("--positions_from_zero numbers the tokens after a prefix; an infix follows the table, "
-                        "whose positions it continues")
+    check_settings(vars(args))
     return args
 
 
@@ -136,40 +118,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     reuse_freed_memory()
-    out_dir = Path(args.out_dir)
-    # ---- distributed (torchrun sets RANK), device, precision --------------------------------------------------
-    ddp = "RANK" in os.environ
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    master = rank == 0
-    checkpoint = open_run_folder(args, out_dir, argv, master)  # a resumed run's state, or None for a new run
-    device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    if checkpoint is not None and len(checkpoint["rng"]) != world:
-        raise UserError(f"the run in {out_dir} was trained by {len(checkpoint['rng'])} process(es); resume it with "
-                        f"as many (this is {world}), so that its data order and dropout carry on")
-    if ddp:
+    # ---- processes (torchrun sets RANK), device, precision, the run folder ------------------------------------
+    rank, world, local_rank = rank_and_world()
+    device = pick_device(args.device, local_rank)
+    run = Run.open(args, argv, device, rank, world)  # a resumed run takes its settings from its ckpt.pt
+    if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    say = print if master else (lambda *a, **k: None)
+    say = print if run.master else (lambda *a, **k: None)
     dtype = pick_dtype(args.dtype, device)
     mixed_precision = autocast(device, dtype)
     torch.manual_seed(args.seed)  # the same initial prefix everywhere (DDP also broadcasts rank 0's)
-
-    config, tokenizer, train_data, val_data, model, method = build(args, device, checkpoint is None, say)
+    config, tokenizer, train_data, val_data, model, method = build(args, device, run.checkpoint is None, say)
     # fused: one kernel for the whole update instead of a dozen passes per tensor (7x faster on the 2-core CPU)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=args.learning_rate,
                                   weight_decay=args.weight_decay, fused=True)
-    trainable = DistributedDataParallel(method) if ddp else method
+    trainable = DistributedDataParallel(method) if world > 1 else method
     schedule = Schedule(len(train_data), args.batch_size, world, args.grad_accum, args.epochs, args.max_iters,
                         args.learning_rate, args.warmup_iters, args.seed)
-
-    # ---- a new run claims its folder; a resumed one takes up its state ----------------------------------------
-    run_id = checkpoint["run_id"] if checkpoint is not None else new_run_id()
-    it, best_val = 0, float("inf")
-    if checkpoint is not None:
-        it, best_val = resume(checkpoint, out_dir, method, optimizer, device, rank, master)
-        say(f"resuming at iteration {it} of {schedule.total_iters} (run {run_id})")
-    elif master:
-        start_run_folder(args, out_dir, run_id, config, schedule)
-    log = RunLog(out_dir / "log.jsonl", run_id, enabled=master)
+    it, best_val = run.restore(method, optimizer) if run.checkpoint else (0, float("inf"))
+    if run.checkpoint:
+        say(f"resuming at iteration {it} of {schedule.total_iters} (run {run.run_id})")
+    else:
+        run.start(config, global_batch=schedule.global_batch, total_iters=schedule.total_iters)
     say(f"training {schedule.total_iters} iterations ({schedule.steps_per_epoch} per epoch, global batch "
         f"{schedule.global_batch} = {args.batch_size} rows x {world} process(es) x {args.grad_accum} accumulation "
         f"step(s)) on {device}, {str(dtype).removeprefix('torch.')}; train loss: {LOSS_NAMES[args.loss_reduction]}, "
@@ -177,7 +147,7 @@ def main(argv=None):
     if it == 0:
         val = validation_loss(method, model, val_data, args, device, mixed_precision)
         say(f"iter 0: val loss {val:.4f}")
-        log.write(iter=0, val_loss=val)
+        run.log(iter=0, val_loss=val)
 
     # ---- the loop: batch, forward, backward, clip, step; log, validate and checkpoint now and then -------------
     interrupted = stop_on_ctrl_c()
@@ -185,7 +155,8 @@ def main(argv=None):
     window = Window(it)  # the progress line's rate: since the last line, evaluation pauses excluded
     finite = torch.ones((), dtype=torch.bool, device=device)  # checked where the loop talks, not every step
     method.train()
-    while it < schedule.total_iters:
+    end = schedule.total_iters if args.stop_at is None else min(args.stop_at, schedule.total_iters)
+    while it < end:
         lr = schedule.learning_rate(it)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -197,7 +168,7 @@ def main(argv=None):
             n = train_data.target_count(rows)  # counted on the host: the loop never waits for the device
             idx, targets = (t.to(device, non_blocking=True) for t in (idx, targets))
             # gradients are averaged across processes only after the last micro-batch
-            with trainable.no_sync() if ddp and micro < args.grad_accum - 1 else nullcontext():
+            with trainable.no_sync() if world > 1 and micro < args.grad_accum - 1 else nullcontext():
                 with mixed_precision:
                     kv = trainable(idx.size(0))  # through DDP, so gradients are averaged across processes
                     token_mean = method.loss(model, idx, targets, kv)
@@ -212,164 +183,70 @@ def main(argv=None):
         it += 1
 
         if it % args.log_interval == 0 or it == schedule.total_iters:
-            check_finite(finite, it, loss_sum, grad_norm, out_dir)
+            check_finite(finite, it, loss_sum, grad_norm, run)
             rate, eta = window.progress(it, tokens_trained, schedule.total_iters)
             say(f"iter {it}/{schedule.total_iters} | epoch {it / schedule.steps_per_epoch:.2f} | "
                 f"loss {loss_sum.item():.4f} ({token_loss_sum.item() / n_targets:.4f} per token) | lr {lr:.2e} | "
                 f"{rate:,.0f} tok/s | ETA {format_duration(eta)}")
-            log.write(iter=it, epoch=it / schedule.steps_per_epoch, train_loss=loss_sum.item(),
-                      train_loss_per_token=token_loss_sum.item() / n_targets, lr=lr, tokens_per_s=rate)
+            run.log(iter=it, epoch=it / schedule.steps_per_epoch, train_loss=loss_sum.item(),
+                    train_loss_per_token=token_loss_sum.item() / n_targets, lr=lr, tokens_per_s=rate)
         if it % args.eval_interval == 0 or it == schedule.total_iters:
-            check_finite(finite, it, loss_sum, grad_norm, out_dir)
+            check_finite(finite, it, loss_sum, grad_norm, run)
             val = validation_loss(method, model, val_data, args, device, mixed_precision)
             improved, best_val = val < best_val, min(best_val, val)
-            if improved and master:
-                export(args, method, model, tokenizer, out_dir, run_id, best=True)
+            if improved:
+                run.export(method, model, tokenizer, best=True)
             say(f"iter {it}: val loss {val:.4f}" +
-                (f" (best so far: {export_path(args, out_dir, best=True).name})" if improved else ""))
-            log.write(iter=it, val_loss=val)
-            save_checkpoint(out_dir, run_id, it, best_val, method, optimizer, args, config, device, ddp, world)
+                (f" (best so far: {run.export_path(best=True).name})" if improved else ""))
+            run.log(iter=it, val_loss=val)
+            run.save_checkpoint(it, best_val, method, optimizer, config)
             window.pause_ends(tokens_trained)
         if interrupted:
-            check_finite(finite, it, loss_sum, grad_norm, out_dir)
-            save_checkpoint(out_dir, run_id, it, best_val, method, optimizer, args, config, device, ddp, world)
-            say(f"interrupted at iteration {it}; continue with: python train.py --out_dir {out_dir} --resume")
+            check_finite(finite, it, loss_sum, grad_norm, run)
+            run.save_checkpoint(it, best_val, method, optimizer, config)
+            say(f"interrupted at iteration {it}; continue with: python train.py --out_dir {run.out_dir} --resume")
             sys.exit(130)
 
-    if master:
-        path = export(args, method, model, tokenizer, out_dir, run_id, best=False)
-        say(f"done: {path} (best val loss {best_val:.4f} in {export_path(args, out_dir, best=True).name})\n"
+    if it < schedule.total_iters:  # paused by --stop_at
+        if it % args.eval_interval and (run.checkpoint is None or it > run.checkpoint["iter"]):  # not saved yet
+            check_finite(finite, it, loss_sum, grad_norm, run)
+            run.save_checkpoint(it, best_val, method, optimizer, config)
+        say(f"paused at iteration {it} of {schedule.total_iters}; continue with: python train.py --out_dir "
+            f"{run.out_dir} --resume")
+    else:
+        path = run.export(method, model, tokenizer, best=False)
+        say(f"done: {path} (best val loss {best_val:.4f} in {run.export_path(best=True).name})\n"
             f"{format_duration(time.time() - started)} wall, {tokens_trained:,} tokens trained ({targets_trained:,} "
             f"with a loss), peak memory {peak_memory(device)}")
-    if ddp:
+    if world > 1:
         check_ranks_agree(method, world)
         dist.destroy_process_group()
 
 
-# ---- the run folder ---------------------------------------------------------------------------------------------
-
-def open_run_folder(args: argparse.Namespace, out_dir: Path, argv, master: bool) -> dict | None:
-    """--resume: the checked ckpt.pt, whose settings the run adopts. A new run: None, once the master has made
-    sure the folder holds no other run (refused if it is not empty; with --overwrite, the old run's files go)."""
-    if not args.resume:
-        if master:
-            claim_out_dir(out_dir, [*EXPORTS.values(), *(best_name(name) for name in EXPORTS.values()), *RUN_FILES],
-                          args.overwrite)
-        return None
-    if not (out_dir / "ckpt.pt").exists():
-        raise UserError(f"--resume found no {out_dir / 'ckpt.pt'}; start without --resume, or point --out_dir at "
-                        f"an earlier run")
-    checkpoint = read_training_checkpoint(out_dir / "ckpt.pt")
-    adopt_run_args(args, checkpoint["args"], argv)
-    return checkpoint
-
-
-def start_run_folder(args: argparse.Namespace, out_dir: Path, run_id: str, config: GPTConfig,
-                     schedule: "Schedule") -> None:
-    """config.json: the run's every setting after defaults, the GPT's config and what produced the run."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"run_id": run_id, "args": vars(args), "model": asdict(config), "global_batch": schedule.global_batch,
-                "total_iters": schedule.total_iters, "environment": environment()}
-    with atomic_path(out_dir / "config.json") as tmp:
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
-
-
-class RunLog:
-    """log.jsonl: one JSON record per line (the curves), each stamped with the run id."""
-
-    def __init__(self, path: Path, run_id: str, enabled: bool):
-        self.path, self.run_id, self.enabled = path, run_id, enabled
-
-    def write(self, **record) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"run_id": self.run_id, **record}) + "\n")
-
-
-def resume(checkpoint: dict, out_dir: Path, method, optimizer, device: torch.device, rank: int,
-           master: bool) -> tuple[int, float]:
-    """Put the run's state back (trained tensors, AdamW, every generator), cut the curve back to the checkpoint;
-    return (iteration, best validation loss)."""
-    restore_training_state(out_dir / "ckpt.pt", checkpoint, method, optimizer)
-    torch.set_rng_state(checkpoint["rng"][rank])
-    set_device_rng_state(device, checkpoint["device_rng"][rank])
-    it = checkpoint["iter"]
-    if master and (out_dir / "log.jsonl").exists():  # the curve goes on from the checkpoint: drop later lines
-        kept = [line for line in open(out_dir / "log.jsonl") if logged_iter(line) <= it]
-        with atomic_path(out_dir / "log.jsonl") as tmp:
-            tmp.write_text("".join(kept))
-    return it, checkpoint["best_val_loss"]
-
-
-def save_checkpoint(out_dir: Path, run_id: str, it: int, best_val: float, method, optimizer,
-                    args: argparse.Namespace, config: GPTConfig, device: torch.device, ddp: bool, world: int) -> None:
-    """ckpt.pt: everything --resume needs to continue bit for bit, written whole or not at all."""
-    # each process draws its own dropout masks: keep every one's generators, its device's too
-    rng, device_rng = [torch.get_rng_state()], [device_rng_state(device)]
-    if ddp:
-        rng, device_rng = [None] * world, [None] * world
-        dist.all_gather_object(rng, torch.get_rng_state())
-        dist.all_gather_object(device_rng, device_rng_state(device))
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return
-    state = {"run_id": run_id, "iter": it, "best_val_loss": best_val, "trained": method.state_dict(),
-             "optimizer": optimizer.state_dict(), "rng": rng, "device_rng": device_rng, "args": run_args(args),
-             "config": asdict(config)}
-    with atomic_path(out_dir / "ckpt.pt") as tmp:
-        torch.save(state, tmp)
-
-
-def device_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """The accelerator's own generator, from which dropout there draws, keyed by its kind; none on a CPU."""
-    if device.type == "cuda":
-        return {"cuda": torch.cuda.get_rng_state(device)}
-    if device.type == "mps":
-        return {"mps": torch.mps.get_rng_state()}
-    return {}
-
-
-def set_device_rng_state(device: torch.device, state: dict[str, torch.Tensor]) -> None:
-    """Restore the generator device_rng_state saved, when the run resumes on the same kind of device."""
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    elif device.type == "mps" and "mps" in state:
-        torch.mps.set_rng_state(state["mps"])
-
-
-def stop_on_ctrl_c() -> list:
-    """A list that becomes non-empty at the first Ctrl-C (the loop then saves and exits); a second one stops at
-    once."""
-    interrupted = []
-    signal.signal(signal.SIGINT, lambda *_: (interrupted.append(True), signal.signal(signal.SIGINT, signal.SIG_DFL)))
-    return interrupted
-
-
-# ---- data, model, schedule, objective, validation -------------------------------------------------------------
+# ---- data, model, objective, validation -----------------------------------------------------------------------
 
 def build(args: argparse.Namespace, device: torch.device, fresh: bool, say):
-    """(config, tokenizer, train data, dev data, the frozen GPT, the method that trains), with everything a user
-    can get wrong checked before the heavy work. A fresh run's prefix may start from --init_text's activations."""
+    """(config, tokenizer, train data, dev data, the frozen GPT, the method that trains), the data checked before
+    the weights load; a fresh run's prefix may start from --init_text's activations."""
     directory = checkpoint_dir(args.init_from)
-    config = read_config(directory)
-    tokenizer = get_tokenizer(directory)
+    config, tokenizer = read_config(directory), get_tokenizer(directory)
     train_data, val_data = training_data(args, tokenizer, config)
-    init_ids = init_text_ids(args, tokenizer)
     say(f"train: {train_data.describe()}\nval:   {val_data.describe()}")
     model = freeze(GPT.from_pretrained(str(directory)).to(device))
     gpt_parameters = sum(p.numel() for p in model.parameters())  # counted before a baseline adds its own
-    method = build_method(args, model).to(device)
-    if init_ids is not None and fresh:
-        init_from_text(method, model, init_ids)
-    say(parameter_report(method, model) if args.tuning_mode == "prefix" else method.report(gpt_parameters))
+    method = build_method(vars(args), model).to(device)
+    use_cpu_kernels(model, method)
+    if fresh:
+        initialize(method, model, vars(args), tokenizer)
+    say(method.report(gpt_parameters))
     return config, tokenizer, train_data, val_data, model, method
 
 
 def training_data(args: argparse.Namespace, tokenizer, config: GPTConfig):
     """The training pairs (all, or --train_examples of them drawn from --seed) and the dev split, checked to fit
     the model's positions after the prefix."""
-    prefix_len = args.prefix_len if args.tuning_mode == "prefix" else 0  # a baseline takes no positions
     train_data, val_data = (
-        rows_that_fit(rows, prefix_len, config.block_size, args.skip_long_rows, args.dataset, split, args.data_dir,
+        rows_that_fit(rows, positions_taken(vars(args)), config.block_size, args.skip_long_rows, args.dataset, split, args.data_dir,
                       args.e2e_text)
         for split, rows in zip(SPLITS, tokenized_splits(args.dataset, SPLITS, tokenizer, args.data_dir, args.e2e_text)))
     if args.train_examples is not None:
@@ -377,63 +254,6 @@ def training_data(args: argparse.Namespace, tokenizer, config: GPTConfig):
             raise UserError(f"--train_examples {args.train_examples} exceeds the {len(train_data):,} training pairs")
         train_data = train_data.random_subset(args.train_examples, args.seed)
     return train_data, val_data
-
-
-def init_text_ids(args: argparse.Namespace, tokenizer) -> list[int] | None:
-    """--init_text's tokens, read as the authors read it: as a word inside a text, after a space."""
-    if not args.init_text:
-        return None
-    ids = tokenizer.encode_ordinary(args.init_text if args.init_text.startswith(" ") else " " + args.init_text)
-    if len(ids) != args.prefix_len:
-        raise UserError(f"--init_text {args.init_text!r} is {len(ids)} tokens; use --prefix_len {len(ids)}")
-    return ids
-
-
-@functools.lru_cache(maxsize=1)
-def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
-    return torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Which rows every iteration trains on, and at what learning rate. Both follow from (seed, iteration) alone,
-    so a resumed run repeats them exactly."""
-    n_examples: int
-    batch_size: int         # rows of one micro-batch in one process
-    world: int              # processes
-    grad_accum: int         # micro-batches per iteration
-    epochs: float
-    max_iters: int | None
-    peak_lr: float
-    warmup_iters: int
-    seed: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.world * self.grad_accum
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.n_examples / self.global_batch)
-
-    @property
-    def total_iters(self) -> int:
-        total = math.ceil(self.epochs * self.steps_per_epoch)
-        return total if self.max_iters is None else min(total, self.max_iters)
-
-    def rows(self, it: int, rank: int, micro: int) -> np.ndarray:
-        """This process's rows for micro-batch `micro` of iteration `it`: a slice of the epoch's permutation
-        (wrapping at its end); the iteration's global batch is the next global_batch rows of it."""
-        epoch, step = divmod(it, self.steps_per_epoch)
-        start = step * self.global_batch + (micro * self.world + rank) * self.batch_size
-        return epoch_order(self.n_examples, self.seed, epoch)[np.arange(start, start + self.batch_size)
-                                                               % self.n_examples]
-
-    def learning_rate(self, it: int) -> float:
-        """Linear warmup, then linear decay to zero at the last iteration (the paper's linear schedule)."""
-        if it < self.warmup_iters:
-            return self.peak_lr * (it + 1) / self.warmup_iters
-        return self.peak_lr * (self.total_iters - it) / max(1, self.total_iters - self.warmup_iters)
 
 
 def objective(token_mean: torch.Tensor, n_targets: int, n_rows: int, reduction: str) -> torch.Tensor:
@@ -464,12 +284,12 @@ def validation_loss(method, model: GPT, val_data, args: argparse.Namespace, devi
     return total.item() / count
 
 
-def check_finite(finite: torch.Tensor, it: int, loss: torch.Tensor, grad_norm: torch.Tensor, out_dir: Path) -> None:
+def check_finite(finite: torch.Tensor, it: int, loss: torch.Tensor, grad_norm: torch.Tensor, run: Run) -> None:
     """Stop on a loss or gradient that was not finite since the last check (checked when the loop logs or saves,
     so that a GPU is not made to wait every step); the checkpoint on disk predates it."""
     if not finite:
         raise UserError(f"training diverged by iteration {it} (last loss {loss.item():.4g}, gradient norm "
-                        f"{grad_norm.item():.4g}); the last good checkpoint {out_dir / 'ckpt.pt'} is intact: "
+                        f"{grad_norm.item():.4g}); the last good checkpoint {run.checkpoint_path} is intact: "
                         f"lower --learning_rate and --resume")
 
 
@@ -492,81 +312,6 @@ class Window:
         self.tokens, self.time = tokens, time.time()
 
 
-# ---- the method and its exports ----------------------------------------------------------------------------
-
-def build_method(args: argparse.Namespace, gpt: GPT) -> torch.nn.Module:
-    """What --tuning_mode trains: a prefix (or one of its ablations), or a baseline inside the GPT."""
-    if args.tuning_mode == "prefix":
-        return build_prefix(args.variant, gpt, args.prefix_len, args.mid_dim, args.reparam, args.prefix_dropout,
-                            args.positions_from_zero)
-    if args.tuning_mode == "finetune-top" and args.top_blocks > gpt.config.n_layer:
-        raise UserError(f"--top_blocks {args.top_blocks} exceeds the model's {gpt.config.n_layer} blocks")
-    return build_baseline(args.tuning_mode, gpt, vars(args))
-
-
-def best_name(name: str) -> str:
-    """The best export's name: "_best" before the suffix (prefix_best.safetensors, model_best)."""
-    return f"{Path(name).stem}_best{Path(name).suffix}"
-
-
-def export_path(args: argparse.Namespace, out_dir: Path, best: bool) -> Path:
-    name = EXPORTS[args.tuning_mode]
-    return out_dir / (best_name(name) if best else name)
-
-
-def export(args: argparse.Namespace, method, gpt: GPT, tokenizer, out_dir: Path, run_id: str, best: bool) -> Path:
-    """Write what the method trained, and only that: P (no MLP), a baseline's tensors, or a whole fine-tuned GPT;
-    each carries the run id and the data it was trained on."""
-    path = export_path(args, out_dir, best)
-    run = {"run_id": run_id, "dataset": args.dataset, "e2e_text": args.e2e_text}
-    if args.tuning_mode == "prefix":
-        save_prefix(method.export(), path, args.init_from, run)
-    elif args.tuning_mode == "finetune":
-        save_pretrained(gpt, path, tokenizer, run)
-    else:
-        save_tuned(method, path, args.tuning_mode, vars(args), args.init_from, run)
-    return path
-
-
-def logged_iter(line: str) -> float:
-    """The iteration of a log.jsonl line; infinity for a line cut short by a crash, so that resuming drops it."""
-    try:
-        return json.loads(line)["iter"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return float("inf")
-
-
-def run_args(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in RUN_ARGS}
-
-
-def adopt_run_args(args: argparse.Namespace, saved: dict, argv) -> None:
-    """A resumed run keeps its own settings; a flag on the command line that contradicts them is an error."""
-    given = {a.split("=")[0].removeprefix("--").removeprefix("no-").replace("-", "_")
-             for a in (argv or sys.argv[1:]) if a.startswith("--")}
-    for name, value in saved.items():
-        if name == "data_dir" and name in given:
-            continue
-        if name in given and getattr(args, name) != value:
-            raise UserError(f"--{name} {getattr(args, name)} contradicts the run being resumed ({value}); drop it, "
-                            f"or start a new run in another --out_dir")
-        setattr(args, name, value)
-
-
-def check_ranks_agree(method: torch.nn.Module, world: int) -> None:
-    """Every process must end with the same trained weights: DDP averaged the same gradients into each."""
-    flat = torch.cat([p.detach().flatten() for p in method.parameters()])
-    gathered = [torch.empty_like(flat) for _ in range(world)]
-    dist.all_gather(gathered, flat)
-    if not all(torch.equal(g, gathered[0]) for g in gathered):
-        raise RuntimeError("the processes ended with different prefixes")
-    if dist.get_rank() == 0:
-        print(f"all {world} processes hold the same trained weights")
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ class ChangesTheGPT(nn.Module):
         """An empty KV cache and the whole prompt to read: (cache, prompt, attention_mask)."""
         return KVCache.start(prompt.size(0), device=prompt.device), prompt, attention_mask
 
+    def export(self) -> ChangesTheGPT:
+        """The decoding form: this module, frozen (what it trained is already in place in the GPT)."""
+        return self.requires_grad_(False).eval()
+
     def report(self, gpt_parameters: int) -> str:
         """Trainable numbers while training, numbers the export stores, and their share of the GPT."""
         trainable = trainable_parameters(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from baselines.common import ChangesTheGPT
+from common.errors import UserError
 from model.gpt import GPT
 
 
@@ -16,8 +17,8 @@ class FineTuning(ChangesTheGPT):
 
     def __init__(self, gpt: GPT, top_blocks: int | None = None):
         super().__init__(gpt)
-        if top_blocks is not None and not 0 < top_blocks <= gpt.config.n_layer:
-            raise ValueError(f"top_blocks must be in 1..{gpt.config.n_layer}, got {top_blocks}")
+        if top_blocks is not None and top_blocks > gpt.config.n_layer:  # and at least 1: --top_blocks is positive
+            raise UserError(f"--top_blocks {top_blocks} exceeds the model's {gpt.config.n_layer} blocks")
         self.top_blocks = top_blocks
         # the trained part as a submodule: its parameters are the optimizer's, its state_dict the checkpoint's
         self.trained = gpt if top_blocks is None else nn.ModuleList(gpt.transformer.h[-top_blocks:])

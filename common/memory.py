@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 LARGEST_RECYCLED = 32 << 20                  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
 
@@ -44,3 +46,12 @@ def own_peak_rss() -> int:
             return 1024 * int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def peak_memory(device: torch.device) -> str:
+    """The most memory this process held: the GPU's allocations on CUDA, else the process's peak resident set."""
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (CUDA, allocated)"
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return f"{peak / (2 ** 30 if sys.platform == 'darwin' else 2 ** 20):.2f} GiB (peak RSS)"

@@ -18,14 +18,18 @@ def load_examples(dataset: str, split: str, data_dir: str | Path | None = None, 
     """The split's tables with their references. data_dir may be None for E2E (downloaded once into the user cache);
     the others need it. for_training keeps only the references the paper trains on (see webnlg.load). text_form
     "authors" rewrites E2E references as the authors' files hold them (see e2e_authors)."""
+    check_text_form(dataset, text_form)
     examples = _module(dataset, split).load(split, data_dir, for_training)
+    return examples if text_form == "official" else authors_examples(examples, split)
+
+
+def check_text_form(dataset: str, text_form: str) -> None:
+    """--e2e_text: a known form, and other than the official one for E2E alone."""
     if text_form not in TEXT_FORMS:
         raise UserError(f"unknown text form {text_form!r}; choose {' or '.join(TEXT_FORMS)}")
-    if text_form == "official":
-        return examples
-    if dataset != "e2e":
-        raise UserError(f"the authors' text form exists for E2E only, not {dataset}; leave it at official")
-    return authors_examples(examples, split)
+    if text_form != "official" and dataset != "e2e":
+        raise UserError(f"--e2e_text {text_form} rewrites E2E references: the authors' text form exists for E2E only, "
+                        f"not {dataset}; leave it at official")
 
 
 def source_files(dataset: str, split: str, data_dir: str | Path | None = None) -> list[Path]:

@@ -42,18 +42,24 @@ def load(split: str, data_dir=None, for_training: bool = False) -> list[Example]
 
     for_training changes nothing here: every E2E reference is also a training text.
     """
+    return _examples(*read_rows(split, data_dir))
+
+
+def read_rows(split: str, data_dir=None) -> tuple[list[tuple[int, str, str]], str]:
+    """The split's CSV rows as (row number as a spreadsheet shows it, mr, ref), and where they were read."""
     [path] = source_files(split, data_dir)
     name = SPLIT_FILES[split]
     try:
         if path.suffix != ".zip":
             with open(path, encoding="utf-8", newline="") as f:
-                return _parse(f, str(path))
+                return _rows(f, str(path)), str(path)
         with zipfile.ZipFile(path) as archive:
             member = next((m for m in archive.namelist() if Path(m).name == name), None)  # e2e-dataset/<name>
             if member is None:
                 raise UserError(f"{path} has no {name}; replace it with the official {ZIP_NAME} (release v1.0.0)")
             with archive.open(member) as raw:
-                return _parse(io.TextIOWrapper(raw, encoding="utf-8", newline=""), f"{member} in {path}")
+                where = f"{member} in {path}"
+                return _rows(io.TextIOWrapper(raw, encoding="utf-8", newline=""), where), where
     except (zipfile.BadZipFile, zlib.error, EOFError):  # the ways a damaged zip shows itself
         raise UserError(f"{path} is not a readable zip file; delete it (it is downloaded again when --data_dir is "
                         f"not given) or replace it with the official {ZIP_NAME}") from None
@@ -66,8 +72,8 @@ def load(split: str, data_dir=None, for_training: bool = False) -> list[Example]
         raise UserError(f"could not read {path} ({e.strerror})") from None
 
 
-def _parse(lines, where: str) -> list[Example]:
-    """CSV rows `mr,ref` to Examples. Rows are numbered as a spreadsheet shows them: the header is row 1."""
+def _rows(lines, where: str) -> list[tuple[int, str, str]]:
+    """CSV rows `mr,ref`, numbered as a spreadsheet shows them: the header is row 1."""
     reader = csv.reader(lines)  # the csv module, because two references contain quoted line breaks
     if next(reader, None) != ["mr", "ref"]:
         raise UserError(f"{where} does not start with the header mr,ref; give an E2E file with references "
@@ -80,6 +86,10 @@ def _parse(lines, where: str) -> list[Example]:
         rows.append((row, *fields))
     if not rows:
         raise UserError(f"{where} has a header but no rows; replace it with the file from the official E2E release")
+    return rows
+
+
+def _examples(rows: list[tuple[int, str, str]], where: str) -> list[Example]:
     examples = []
     for mr, group in groupby(rows, key=lambda r: r[1]):
         group = list(group)

@@ -31,6 +31,7 @@ from common.memory import reuse_freed_memory
 from data import load_examples
 from data.tokens import Sequences
 from model import GPT, GPTConfig
+from model.cpu_kernels import use_cpu_kernels
 from model.loading import save_pretrained
 from model.tokenizer import get_tokenizer
 
@@ -147,6 +148,7 @@ def main(argv=None):
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
                        vocab_size=tokenizer.n_vocab)
     model = GPT(config)
+    use_cpu_kernels(model)
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices decay; biases and LayerNorms do not
     rest = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],

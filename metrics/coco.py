@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Sequence
 
 from common.errors import UserError
+from common.progress import Progress
 from metrics.inputs import check_inputs
 
 INSTALL_HINT = ("run `pip install pycocoevalcap` and install a Java runtime (e.g. `apt install default-jre`), "
@@ -26,7 +27,7 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({i: [{"caption": ref} for ref in group] for i, group in enumerate(references)})
     res = tokenizer.tokenize({i: [{"caption": hypothesis}] for i, hypothesis in enumerate(hypotheses)})
-    meteor_score, _ = _meteor(Meteor).compute_score(gts, res)
+    meteor_score = _meteor_score(Meteor, gts, res)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
     return {"METEOR": 100 * float(meteor_score), "ROUGE-L": 100 * float(rouge), "CIDEr": float(cider)}
@@ -37,9 +38,8 @@ def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> fl
     jar's own corpus score. An empty reference is passed on as one (the WebNLG scripts rely on it)."""
     check_inputs(hypotheses, references)
     _, Meteor, _, _ = _scorers("METEOR needs")
-    score, _ = _meteor(Meteor).compute_score({i: list(group) for i, group in enumerate(references)},
-                                             {i: [hypothesis] for i, hypothesis in enumerate(hypotheses)})
-    return float(score)
+    return _meteor_score(Meteor, {i: list(group) for i, group in enumerate(references)},
+                         {i: [hypothesis] for i, hypothesis in enumerate(hypotheses)})
 
 
 def _scorers(what_needs: str):
@@ -56,7 +56,24 @@ def _scorers(what_needs: str):
     return Cider, Meteor, Rouge, PTBTokenizer
 
 
+def _meteor_score(meteor_class, gts, res) -> float:
+    """The jar's corpus METEOR of {id: [hypothesis]} against {id: [reference, ...]}, with progress: the jar scores
+    one text per round trip, and a split has thousands."""
+    server = _meteor(meteor_class)
+    with Progress("METEOR", len(res), "texts") as server.progress:
+        return float(server.compute_score(gts, res)[0])
+
+
 @functools.lru_cache(maxsize=1)
 def _meteor(meteor_class):
-    """One METEOR server (a Java process) for every call: starting one takes seconds."""
-    return meteor_class()
+    """One METEOR server (a Java process) for every call: starting one takes seconds. Its `progress` advances at
+    each text the jar scores (pycocoevalcap's `_stat`, one round trip per text)."""
+    class ReportingMeteor(meteor_class):
+        progress: Progress
+
+        def _stat(self, hypothesis, references):
+            stat = super()._stat(hypothesis, references)
+            self.progress.advance()
+            return stat
+
+    return ReportingMeteor()

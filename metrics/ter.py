@@ -8,13 +8,15 @@ it most. Its search limits, kept here (as sacrebleu's port keeps them, which the
 - ties go to the longer block, then the earlier one, then the earlier target;
 - the edit distance is computed in a band of 25 reference words either side of the diagonal, so it can exceed
   the true Levenshtein distance on very different lengths;
-- at most 1,000 candidate moves are scored per hypothesis (sacrebleu's bound; on the WebNLG texts of the README's
-  check the result equals tercom's own to every digit).
+- at most 1,000 candidate moves are scored per hypothesis (sacrebleu's bound; on the WebNLG texts of the check in
+  docs/reproduction.md the result equals tercom's own to every digit).
 With several references a hypothesis is charged its fewest edits among them and the average of their lengths.
 """
 import functools
 import math
 from collections.abc import Sequence
+
+from common.progress import Progress
 
 MAX_BLOCK = 10       # words in one shifted block
 MAX_DISTANCE = 50    # between a block's start in the hypothesis and in the reference
@@ -30,9 +32,11 @@ def ter(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float
     """Corpus TER as a fraction (tercom's "Total TER"): all edits over the sum of the average reference lengths.
     Texts are compared as given, split on whitespace (tercom's default is case-insensitive; lowercase first)."""
     edits = lengths = 0.0
-    for hypothesis, group in zip(hypotheses, references, strict=True):
-        e, n = _segment_ter(tuple(hypothesis.split()), tuple(tuple(ref.split()) for ref in group))
-        edits, lengths = edits + e, lengths + n
+    with Progress("TER", len(hypotheses), "texts") as progress:
+        for hypothesis, group in zip(hypotheses, references, strict=True):
+            e, n = _segment_ter(tuple(hypothesis.split()), tuple(tuple(ref.split()) for ref in group))
+            edits, lengths = edits + e, lengths + n
+            progress.advance()
     return edits / lengths if lengths else float(edits > 0)  # no reference words at all: wrong unless empty too
 
 

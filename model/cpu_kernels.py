@@ -1,4 +1,9 @@
-"""The float32 CPU fast path: the GPT's matmuls on oneDNN, and the LM-head loss a slice of the vocabulary at a time.
+"""The CPU fast path: the GPT's matmuls on oneDNN, and the LM-head loss a slice of the vocabulary at a time.
+
+    use_cpu_kernels(gpt, method)   # in the scripts, once the modules are built
+
+puts it into built modules in place; the math stays that of model/gpt.py, and each piece takes the plain path
+wherever it does not apply (an accelerator, float64, ...), so calling it is never wrong.
 
 PyTorch multiplies float32 matrices on CPU with MKL, and MKL takes a slower code path on non-Intel CPUs: on the
 AMD EPYC this project was built on it reaches ~200 GFLOP/s where oneDNN, which ships inside PyTorch too, reaches
@@ -15,10 +20,12 @@ slower but never wrong. The math is the same either way: only the kernel differs
                            or in bfloat16 under CPU autocast (AMX units on recent Intel CPUs; the softmax stays
                            float32), as autocast would multiply F.linear's.
   attention                SDPA, in float32 under CPU bfloat16 autocast, where ATen's bfloat16 kernel is ~3x slower.
+  gpt_loss                 GPT.loss on a CPU: the LM head at the positions with a target alone, sliced where it can.
 
 `python -m prefix.gradcheck` checks both hand-written backwards against float64 autograd (docs/gradients.md, §7).
 """
 import platform
+import types
 import warnings
 from typing import Callable, NamedTuple
 
@@ -26,6 +33,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
+
+from model.gpt import GPT, CausalSelfAttention
 
 VOCAB_SLICE = 1024  # vocabulary rows per matmul: (N, 1024) float32 logits stay in cache for N in the hundreds
 
@@ -110,18 +119,30 @@ class OneDnnLinear(nn.Linear):
 
 # ---- attention ---------------------------------------------------------------------------------------------------
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
     """softmax(Q·K'ᵀ/√d + mask)·V' by F.scaled_dot_product_attention; under bfloat16 autocast on a CPU, in float32
     and returned in bfloat16, since ATen's CPU kernel for bfloat16 is ~3x slower, forward and backward, at GPT-2's
     head sizes on the Intel machine it was measured on."""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16 or not torch.is_autocast_enabled("cpu"):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
     with torch.autocast("cpu", enabled=False):
-        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal)
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask, is_causal=is_causal)
     return y.to(q.dtype)
 
 
 # ---- the LM-head loss ----------------------------------------------------------------------------------------------
+
+def gpt_loss(gpt: GPT, h: Tensor, targets: Tensor) -> Tensor:
+    """GPT.loss on a CPU: the LM head on the positions that have a target alone (the table half of a training row
+    never needs logits), sliced where sliced_loss_applies. On an accelerator the plain GPT.loss runs: selecting those
+    rows would make the host wait to learn how many there are."""
+    if h.device.type == "cpu":
+        supervised = targets != -100
+        h, targets = h[supervised], targets[supervised]
+        if sliced_loss_applies(h, gpt.lm_head.weight):
+            return sliced_cross_entropy(h, gpt.lm_head.weight, targets)
+    return GPT.loss(gpt, h, targets)
+
 
 class SliceKernel(NamedTuple):
     """How the sliced loss multiplies: operands are cast once, and a·bᵀ of cast operands comes back in float32."""
@@ -198,3 +219,19 @@ class SlicedCrossEntropy(torch.autograd.Function):
         if dw is not None:
             dw.index_add_(0, targets, h, alpha=-1).mul_(scale)  # the one-hot term: −Yᵀ·h
         return dh.mul_(scale), dw, None, None
+
+
+# ---- putting it into a model ---------------------------------------------------------------------------------------
+
+def use_cpu_kernels(*modules: nn.Module) -> None:
+    """The fast path in these built modules (a GPT, a method), in place: every nn.Linear becomes a OneDnnLinear where
+    the op passed its check at import, every attention takes the bfloat16 rule above, and every GPT's loss is
+    gpt_loss. Parameters stay the same objects (the tied LM head stays tied)."""
+    for module in modules:
+        for m in module.modules():
+            if type(m) is nn.Linear and ONEDNN_WORKS:
+                m.__class__ = OneDnnLinear  # a subclass that adds no state: only forward changes
+            elif isinstance(m, CausalSelfAttention):
+                m.attend = attention
+            elif isinstance(m, GPT):
+                m.loss = types.MethodType(gpt_loss, m)

@@ -5,7 +5,9 @@ K' = [P_K ; K] and V' = [P_V ; V]. They are either a prefix (trained) or a KV ca
 model does not care which. Everything else is the GPT-2 of Radford et al. (2019): pre-LayerNorm
 blocks, learned positions, GELU (tanh form), and an LM head tied to the token embedding.
 
-The GPT is frozen during prefix-tuning and always runs in eval mode, so it has no dropout.
+The GPT is frozen during prefix-tuning and always runs in eval mode, so it has no dropout. This is the plain
+PyTorch model; the scripts make it faster on a CPU with one call, model.cpu_kernels.use_cpu_kernels, which leaves
+the math as it is here.
 """
 from __future__ import annotations
 
@@ -19,8 +21,6 @@ from torch.nn import functional as F
 
 from common.errors import UserError
 from model.cache import KV, KVCache
-from model.cpu_kernels import OneDnnLinear, attention
-from model.loss import lm_head_loss
 
 
 @dataclass
@@ -43,11 +43,13 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
+    attend = staticmethod(F.scaled_dot_product_attention)  # softmax(Q K'ᵀ/√d + mask) V'
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = OneDnnLinear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
-        self.c_proj = OneDnnLinear(config.n_embd, config.n_embd)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
 
     def forward(self, x: Tensor, mask: Tensor | None, past: KV | None = None) -> tuple[Tensor, KV]:
         """x: (B, T, C). past: keys/values before x, each (B or 1, n_head, L, head_dim): a prefix or a cache.
@@ -62,7 +64,7 @@ class CausalSelfAttention(nn.Module):
             past_k, past_v = (t.to(k.dtype).expand(B, -1, -1, -1) for t in past)
             k = torch.cat([past_k, k], dim=2)  # K' = [P_K ; K]  (Li & Liang §4.2)
             v = torch.cat([past_v, v], dim=2)  # V' = [P_V ; V]
-        y = attention(q, k, v, mask, is_causal=mask is None and past is None)  # softmax(Q K'ᵀ/√d) V'
+        y = self.attend(q, k, v, attn_mask=mask, is_causal=mask is None and past is None)  # softmax(Q K'ᵀ/√d) V'
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.c_proj(y), (k, v)
 
@@ -71,8 +73,8 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         width = config.n_inner or 4 * config.n_embd
-        self.c_fc = OneDnnLinear(config.n_embd, width)
-        self.c_proj = OneDnnLinear(width, config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, width)
+        self.c_proj = nn.Linear(width, config.n_embd)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
@@ -104,7 +106,7 @@ class GPT(nn.Module):
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
         ))
-        self.lm_head = OneDnnLinear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
 
@@ -133,9 +135,7 @@ class GPT(nn.Module):
         cache: a KVCache to read and extend (it already holds any prefix); used for decoding.
         last_only: logits for the last position only (decoding).
 
-        Without targets: logits (B, T, vocab) and no loss. With targets: the mean cross-entropy over the
-        positions that have a target, and no logits; the LM head runs on those positions alone, since
-        the table half of a training row never needs logits.
+        Without targets: logits (B, T, vocab) and no loss. With targets: no logits, and the loss.
         """
         if cache is None:
             if prefix is not None:
@@ -144,13 +144,19 @@ class GPT(nn.Module):
         elif prefix is not None:
             raise ValueError("give the prefix to KVCache.start, not alongside a cache")
         h = self._hidden_states(self.transformer.wte(idx), cache, attention_mask)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
-        if targets is None:  # p(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2): the logits W_φ h_i
+        if targets is None:  # the logits W_φ h_i of p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2)
             return self.lm_head(h[:, -1:] if last_only else h), None
-        if h.device.type == "cpu":  # the LM head on the positions with a target alone; finding them is free here
-            supervised = targets != -100
-            return None, lm_head_loss(h[supervised], self.lm_head.weight, targets[supervised])
-        # on an accelerator, selecting those rows would make the host wait to learn how many there are
-        return None, lm_head_loss(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return None, self.loss(h, targets)
+
+    def loss(self, h: Tensor, targets: Tensor) -> Tensor:
+        """−(1/N) Σ_i log p_φ(t_i | h_≤i) over the N positions with a target (t_i ≠ -100), where
+        p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2), W_φ the LM head: the mean per-token term of eq. (3).
+
+        h (..., C): final hidden states; targets (...). The softmax runs in at least float32, since bfloat16 logits
+        lose the loss's digits.
+        """
+        logits = self.lm_head(h).flatten(0, -2)  # W_φ h_i
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.flatten())
 
     def keys_values(self, idx: Tensor | None = None, embeddings: Tensor | None = None) -> list[KV]:
         """The (K, V) every layer computes for a sequence (token ids or input embeddings), from position 0.

@@ -1,4 +1,5 @@
 """GPT-2's byte-level BPE, through tiktoken; built from local files when a directory holds them."""
+import functools
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from common.errors import UserError
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
+NEWLINES = (198, 628)  # "\n" and "\n\n": the paper's code bans them in decoding, so one text is one line
 # (vocabulary, merges) file names: Hugging Face checkpoint directories, then OpenAI's original release
 FILE_PAIRS = [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]
 
@@ -18,7 +20,8 @@ def get_tokenizer(directory=None) -> tiktoken.Encoding:
     (which honours TIKTOKEN_CACHE_DIR and downloads otherwise)."""
     for vocab, merges in FILE_PAIRS:
         if directory and (Path(directory) / vocab).exists() and (Path(directory) / merges).exists():
-            return from_files(Path(directory) / vocab, Path(directory) / merges)
+            paths = (Path(directory) / vocab, Path(directory) / merges)
+            return _from_unchanged_files(*paths, tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in paths))
     try:
         return tiktoken.get_encoding("gpt2")
     except (OSError, ValueError) as e:  # requests' errors are OSErrors
@@ -44,6 +47,13 @@ def from_files(vocab_path: Path, merges_path: Path) -> tiktoken.Encoding:
         raise UserError(f"{vocab_path} and {merges_path} do not describe the same GPT-2 vocabulary")
     return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: eot},
                              explicit_n_vocab=len(ranks) + 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _from_unchanged_files(vocab_path: Path, merges_path: Path, stamps: tuple) -> tiktoken.Encoding:
+    """from_files, built once per process for files that have not changed since (`stamps`: their mtimes and
+    sizes): the scripts that run others in one process (experiments/) load the same tokenizer hundreds of times."""
+    return from_files(vocab_path, merges_path)
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
@@ -87,14 +97,21 @@ def _token_bytes(path: Path, token: str) -> bytes:
 
 def save_tokenizer_files(tokenizer: tiktoken.Encoding, directory: Path) -> None:
     """Write vocab.json and merges.txt, the Hugging Face form of GPT-2's BPE, for a tiktoken encoding."""
+    vocab, merges = _tokenizer_files(tokenizer)
+    (directory / "vocab.json").write_text(vocab, encoding="utf-8")
+    (directory / "merges.txt").write_text(merges, encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer_files(tokenizer: tiktoken.Encoding) -> tuple[str, str]:
+    """vocab.json's and merges.txt's texts, made once per encoding (a second apiece: a run exports often)."""
     ranks = tokenizer._mergeable_ranks
     char_of = _bytes_to_unicode()
     text = lambda token: "".join(char_of[b] for b in token)
     vocab = {text(token): rank for token, rank in ranks.items()} | {EOT: tokenizer.eot_token}
     merges = [" ".join(map(text, _last_merge(token, rank, ranks)))
               for token, rank in sorted(ranks.items(), key=lambda item: item[1]) if rank >= 256]
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+    return json.dumps(vocab, ensure_ascii=False), "#version: 0.2\n" + "".join(m + "\n" for m in merges)
 
 
 def _last_merge(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:

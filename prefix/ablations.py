@@ -39,7 +39,8 @@ class InfixTuning(PrefixTuning):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.positions_from_zero:
-            raise ValueError("an infix continues the table's positions; positions_from_zero applies to a prefix")
+            raise UserError("--positions_from_zero numbers the tokens after a prefix from 0; an infix follows the "
+                            "table (an infix continues the table's positions)")
 
     def loss(self, gpt: GPT, idx: Tensor, targets: Tensor, kv: list[KV] | None = None) -> Tensor:
         """Eq. (3) with the infix between table and text: the mean -log p(text | table, infix)."""
@@ -78,6 +79,11 @@ def _shift_rows_left(t: Tensor, by: Tensor, width: int, fill: int) -> Tensor:
     cols = by[:, None] + torch.arange(width, device=t.device)
     inside = (cols >= 0) & (cols < t.size(1))
     return torch.where(inside, t.gather(1, cols.clamp(0, t.size(1) - 1)), torch.full_like(cols, fill))
+
+
+def init_text_ids(text: str, tokenizer) -> list[int]:
+    """The tokens of an initialization text, read as the authors read it: as a word inside a text, after a space."""
+    return tokenizer.encode_ordinary(text if text.startswith(" ") else " " + text)
 
 
 def init_from_text(prefix: PrefixTuning, gpt: GPT, token_ids: list[int], fit_steps: int = 300, lr: float = 1e-3):

@@ -25,9 +25,11 @@ from common.cli import ArgumentParser, check_ranges, pick_device
 from common.figures import pyplot, save_png
 from data import prompt_ids
 from model import GPT
+from model.cpu_kernels import use_cpu_kernels
 from model.generate import generate
+from model.tokenizer import NEWLINES
 from prefix.tuning import PrefixTuning
-from sample import NEWLINES, load_run  # the run loads exactly as sample.py loads it
+from runs import find_trained
 
 SEGMENTS = ("prefix", "table", "text")  # what a key is: a trained position, the input, or text written so far
 
@@ -155,9 +157,11 @@ def main(argv=None):
     args = parse_args(argv)
     pyplot()  # a missing matplotlib is said before the model loads
     device = pick_device(args.device)
-    gpt, method, tokenizer, trained = load_run(args, device)
+    trained = find_trained(args.out_dir, args.prefix, args.peft_adapter)  # the run, found as sample.py finds it
+    gpt, method, tokenizer = trained.load(args.init_from, device)
+    use_cpu_kernels(gpt, method)
     if not isinstance(method, PrefixTuning):
-        raise UserError(f"{args.out_dir} trained --tuning_mode {trained.get('tuning_mode')}, which has no prefix "
+        raise UserError(f"{args.out_dir} trained --tuning_mode {trained.settings.get('tuning_mode')}, which has no prefix "
                         f"to look at; prefix.attention draws a prefix run's attention")
     eot = tokenizer.eot_token
     prompt = prompt_ids(tokenizer, args.start.strip())

@@ -2,7 +2,7 @@
 
 Equations of the paper and where they live:
   (1)  h_i = LM_φ(z_i, h_<i)                     GPT._hidden_states (model/gpt.py): the frozen GPT-2
-  (2)  p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)    GPT.forward's logits; lm_head_loss (model/loss.py)
+  (2)  p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)    GPT.forward's logits, GPT.loss (model/gpt.py)
   (3)  max_θ  Σ_{i∈Y_idx} log p(z_i | h_<i)      PrefixTuning.loss (the GPT's cross-entropy over the text)
   (4)  h_i = P_θ[i,:] for i ∈ P_idx              prefix_keys_values: P as every layer's keys and values
   (5)  P_θ[i,:] = MLP_θ(P'_θ[i,:])               PrefixTuning.activations
@@ -20,7 +20,6 @@ from torch import Tensor
 
 from model.cache import KV, KVCache
 from model.gpt import GPT, GPTConfig
-from model.cpu_kernels import OneDnnLinear
 
 
 class PrefixTuning(nn.Module):
@@ -42,7 +41,7 @@ class PrefixTuning(nn.Module):
         width = config.n_layer * 2 * config.n_embd
         # P' (reparameterized) or P (direct); N(0, 1) like the paper's code and PEFT (an nn.Embedding's init)
         self.table = nn.Parameter(torch.randn(prefix_len, config.n_embd if reparam else width))
-        self.mlp = nn.Sequential(OneDnnLinear(config.n_embd, mid_dim), nn.Tanh(), OneDnnLinear(mid_dim, width)) \
+        self.mlp = nn.Sequential(nn.Linear(config.n_embd, mid_dim), nn.Tanh(), nn.Linear(mid_dim, width)) \
             if reparam else None
         self.dropout = nn.Dropout(dropout)
 
@@ -82,6 +81,15 @@ class PrefixTuning(nn.Module):
         """Numbers the export keeps: P, prefix_len · n_layer · 2 · n_embd."""
         return self.prefix_len * self.config.n_layer * 2 * self.config.n_embd
 
+    def report(self, gpt_parameters: int) -> str:
+        """Trainable numbers while training, numbers stored after export, and the stored share of the GPT."""
+        c = self.config
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        stored = self.stored_parameters()
+        return (f"prefix: {trainable:,} trainable parameters while training (P' and the MLP); "
+                f"{stored:,} stored after export ({self.prefix_len} × {c.n_layer} layers × 2 × {c.n_embd}), "
+                f"{100 * stored / gpt_parameters:.3f}% of the GPT's {gpt_parameters:,}")
+
     def _export_as(self, cls: type[PrefixTuning]) -> PrefixTuning:
         return cls.holding(self.config, self.activations().detach(), self.positions_from_zero)
 
@@ -113,14 +121,3 @@ def prefix_rows(kv: list[KV]) -> Tensor:
 def freeze(gpt: GPT) -> GPT:
     """The GPT is never trained: no gradients, and eval mode so nothing inside it is random."""
     return gpt.requires_grad_(False).eval()
-
-
-def parameter_report(prefix: nn.Module, gpt: GPT) -> str:
-    """Trainable numbers while training, numbers stored after export, and the stored share of the GPT."""
-    c = gpt.config
-    trainable = sum(p.numel() for p in prefix.parameters() if p.requires_grad)
-    stored = prefix.stored_parameters()
-    base = sum(p.numel() for p in gpt.parameters())
-    return (f"prefix: {trainable:,} trainable parameters while training (P' and the MLP); "
-            f"{stored:,} stored after export ({prefix.prefix_len} × {c.n_layer} layers × 2 × {c.n_embd}), "
-            f"{100 * stored / base:.3f}% of the GPT's {base:,}")

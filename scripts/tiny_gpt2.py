@@ -3,7 +3,7 @@
     python scripts/tiny_gpt2.py out-tour/tiny-gpt2 --tokenizer_dir ../shared/gpt2
 
 Its weights are random, so its texts are nonsense, but train.py, plot.py, sample.py and prefix.attention run on it
-in seconds (the README's tour). The tests' oracle writes it (tests/hub_checkpoint.py: transformers' GPT-2 saved in
+in seconds (the tour, docs/tour.md). The tests' oracle writes it (tests/hub_checkpoint.py: transformers' GPT-2 saved in
 the hub's layout), so it needs requirements-dev.txt. Without --tokenizer_dir the scripts use tiktoken's gpt2.
 """
 import argparse

@@ -129,19 +129,46 @@ def tiny_gpt2(gpt2_dir, tmp_path_factory) -> Path:
     return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), tokenizer_dir=gpt2_dir)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_run(tiny_gpt2, e2e_dir, tmp_path_factory):
-    """A prefix trained 8 iterations on the tiny GPT-2 (once per test module), for the tests that decode or look."""
+    """A prefix trained 8 iterations on the tiny GPT-2, once for every test that decodes or looks at it (they may
+    add an eval/ folder, never change what train.py wrote)."""
+    import train
     out = tmp_path_factory.mktemp("run")
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
-                        "--out_dir", out, "--max_iters", "8", "--eval_interval", "8", "--eval_iters", "2",
-                        "--batch_size", "4", "--learning_rate", "1e-2")
+    result = run_main(train.main, "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
+                      "--out_dir", out, "--max_iters", "8", "--eval_interval", "8", "--eval_iters", "2",
+                      "--batch_size", "4", "--learning_rate", "1e-2")
     assert result.returncode == 0, result.stderr
     return out
 
 
+def run_main(main, *args) -> "subprocess.CompletedProcess":
+    """A script's main(argv) called in this process, as `python script.py ARGS` runs it without starting Python and
+    importing torch again: its stdout, stderr and exit status (SystemExit's code, 0 when it returns). Gradients are on,
+    as in a new process, whatever the test is under; the global RNG and the Ctrl-C handler, which train.py sets, are
+    put back. Where the command line itself is tested (a signal,
+    torchrun, the interpreter's exit), use run_script."""
+    import contextlib
+    import io
+    import signal
+    import subprocess
+    import torch
+    argv, out, err = [str(a) for a in args], io.StringIO(), io.StringIO()
+    ctrl_c, code = signal.getsignal(signal.SIGINT), 0
+    try:
+        with torch.enable_grad(), torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        signal.signal(signal.SIGINT, ctrl_c)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def run_script(*args, timeout=300, env=None, **kwargs):
-    """Run a project script (or `-m module`) from the repository root; returns the CompletedProcess."""
+    """Run a project script (or `-m module`) from the repository root in a new process; returns the
+    CompletedProcess."""
     import subprocess
     import sys
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,

@@ -55,7 +55,7 @@ def write_checkpoint(model, directory, layout="hub", fmt="safetensors", tokenize
 
 
 def write_tiny_gpt2(directory, tokenizer_dir=None) -> Path:
-    """The tiny random GPT-2 the tests train on (and the README's tour, through scripts/tiny_gpt2.py): 2 layers,
+    """The tiny random GPT-2 the tests train on (and docs/tour.md's, through scripts/tiny_gpt2.py): 2 layers,
     2 heads, width 32, GPT-2's vocabulary, in the hub's layout (with vocab.json and merges.txt when tokenizer_dir
     holds GPT-2's encoder.json and vocab.bpe).
 

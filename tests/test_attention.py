@@ -4,10 +4,12 @@ import re
 import pytest
 import torch
 
-from conftest import assert_drawn_png, run_script
+import train
+from conftest import assert_drawn_png, run_main
 from hub_checkpoint import random_hf_gpt2, write_checkpoint
 from model import GPT
 from prefix import InfixTuning, PrefixTuning, freeze
+from prefix import attention
 from prefix.attention import SEGMENTS, attention_probabilities, key_order, recorded_attention, segment_shares, \
     text_attention
 
@@ -138,7 +140,7 @@ def test_the_keys_named_prefix_are_the_trained_ones_and_the_shares_add_up(gpt, c
 
 
 def test_the_command_draws_a_run_of_the_tiny_model(trained_run, tmp_path):
-    result = run_script("-m", "prefix.attention", "--out_dir", trained_run, "--start", "name : Aromi | Type : pub",
+    result = run_main(attention.main, "--out_dir", trained_run, "--start", "name : Aromi | Type : pub",
                         "--max_new_tokens", "8", "--output", tmp_path / "attention.png")
     assert result.returncode == 0, result.stderr
     assert_drawn_png(tmp_path / "attention.png")
@@ -148,10 +150,10 @@ def test_the_command_draws_a_run_of_the_tiny_model(trained_run, tmp_path):
 
 
 def test_a_run_without_a_prefix_is_one_sentence(tiny_gpt2, e2e_dir, tmp_path):
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
+    result = run_main(train.main, "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
                         tmp_path, "--tuning_mode", "lora", "--max_iters", "2", "--eval_interval", "2",
                         "--eval_iters", "1", "--batch_size", "2")
     assert result.returncode == 0, result.stderr
-    result = run_script("-m", "prefix.attention", "--out_dir", tmp_path, "--start", "name : Aromi")
+    result = run_main(attention.main, "--out_dir", tmp_path, "--start", "name : Aromi")
     assert result.returncode == 2 and "has no prefix" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "attention.png").exists()

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import bench_peft
-from bench import main, training_step_flops
-from conftest import DEVICES
+from bench import main
+from benchmarks.work import training_step_flops
+from conftest import DEVICES, run_main
 from model import GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,38 +35,39 @@ def test_useful_flops_equal_a_hand_count():
     assert training_step_flops(config, 3, 3, 1, 2, 5) == 3 * (expected - prefix_mlp) + prefix_mlp
 
 
-def run(script: str, *flags) -> str:
-    done = subprocess.run([sys.executable, script, "--quick", *flags], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+def run(script_main, *flags) -> str:
+    done = run_main(script_main, "--quick", *flags)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def test_our_side_prints_every_row_and_no_target():
-    out = run("bench.py")
+    out = run(main)
     for row in ROWS:
         assert row in out
     assert "target" not in out and "peft" not in out.lower()
 
 
 def test_full_weights_prints_the_training_rows_only():
-    out = run("bench.py", "--full_weights")
+    out = run(main, "--full_weights")
     assert "full-weight training 2 × 16 tokens, loss on the last 8; every weight trains" in out
     for row in ROWS[:3]:
         assert row in out
     assert "decoding" not in out
 
 
+@pytest.mark.slow  # writes and loads a checkpoint in a process of its own
 def test_loading_prints_the_peak_rss_of_loading_a_checkpoint_of_the_models_shape():
-    out = run("bench.py", "--loading")
+    out = run(main, "--loading")
     assert out.startswith("loading a ") and "(2 layers, 64 wide, vocab 512, random weights): peak RSS " in out
     assert out.rstrip().endswith("x the checkpoint's size") and "training" not in out
 
 
+@pytest.mark.slow  # one process per side, each timing its steps
 @pytest.mark.parametrize("device", DEVICES)
 def test_bench_peft_runs_both_sides_and_prints_the_ratios(device):
     pytest.importorskip("peft")
-    out = run("bench_peft.py", "--device", device)  # --quick: one process per side
+    out = run(bench_peft.main, "--device", device)  # --quick: one process per side
     assert "run 1/1 ours:" in out and "run 1/1 peft:" in out
     table = out[out.index("ours against peft"):]
     for row in ROWS:
@@ -95,6 +97,7 @@ def test_a_bad_flag_is_one_sentence_and_exit_2(script, flags, says, capsys):
     assert err.startswith("error: ") and says in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # times training steps in a process of its own
 def test_the_side_by_side_timer_measures_the_checkout_it_is_run_in(tmp_path):
     """scripts/time_full_weight_step.py imports the GPT of the current directory, not its own checkout's."""
     for package in ("common", "model"):

@@ -141,6 +141,7 @@ def logits_loss_and_gradient() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     gpt = freeze(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=1500, block_size=32)))
     prefix = PrefixTuning(gpt.config, 3, mid_dim=16)
+    cpu_kernels.use_cpu_kernels(gpt, prefix)
     idx, targets = torch.randint(0, 1500, (2, 9)), torch.randint(0, 1500, (2, 9))
     targets[:, :4] = -100
     with torch.no_grad():
@@ -178,3 +179,28 @@ def test_a_broken_private_op_falls_back_at_import_to_the_same_logits_loss_and_gr
     fast = logits_loss_and_gradient()
     for name, want in fast.items():
         torch.testing.assert_close(fallback[name], want, atol=1e-5, rtol=1e-5, msg=name)
+
+
+# ---- putting the fast path into a model ---------------------------------------------------------------------------
+
+def test_use_cpu_kernels_swaps_in_place_and_keeps_the_plain_results():
+    """The plain GPT and prefix use nn.Linear; after the call every Linear is a OneDnnLinear (where the op works),
+    each attention and the GPT's loss take the fast rules, the LM head stays tied, and the numbers stay the same."""
+    torch.manual_seed(0)
+    gpt = freeze(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=1500, block_size=32)))
+    prefix = PrefixTuning(gpt.config, 3, mid_dim=16)
+    assert not any(isinstance(m, OneDnnLinear) for m in [*gpt.modules(), *prefix.modules()])
+    idx, targets = torch.randint(0, 1500, (2, 9)), torch.randint(0, 1500, (2, 9))
+    targets[:, :4] = -100
+    plain = prefix.loss(gpt, idx, targets)
+    parameters = [id(p) for p in [*gpt.parameters(), *prefix.parameters()]]
+    cpu_kernels.use_cpu_kernels(gpt, prefix)
+    linears = [m for m in [*gpt.modules(), *prefix.modules()] if isinstance(m, torch.nn.Linear)]
+    assert all(type(m) is OneDnnLinear for m in linears) == cpu_kernels.ONEDNN_WORKS
+    assert all(block.attn.attend is cpu_kernels.attention for block in gpt.transformer.h)
+    assert gpt.lm_head.weight is gpt.transformer.wte.weight
+    assert [id(p) for p in [*gpt.parameters(), *prefix.parameters()]] == parameters
+    fast = prefix.loss(gpt, idx, targets)
+    if cpu_kernels.ONEDNN_WORKS:
+        assert type(fast.grad_fn).__name__ == "SlicedCrossEntropyBackward"
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)

@@ -489,7 +489,7 @@ def structure(value):
     (lambda c: {**c, "args": {"prefix_len": 2}}, "its args is not the run's settings"),
 ])
 def test_a_checkpoint_that_train_py_did_not_write_is_one_sentence(tmp_path, edit, message):
-    from prefix.artifact import read_training_checkpoint
+    from runs.checkpoint import read_training_checkpoint
     torch.save(edit(small_checkpoint()), tmp_path / "ckpt.pt")
     with pytest.raises(UserError, match=message):
         read_training_checkpoint(tmp_path / "ckpt.pt")
@@ -498,7 +498,7 @@ def test_a_checkpoint_that_train_py_did_not_write_is_one_sentence(tmp_path, edit
 def test_training_checkpoint_mutations(scratch):
     """What resume does with a damaged ckpt.pt: read it, then put its tensors into the method its settings build
     (a damaged tensor name only shows there)."""
-    from prefix.artifact import read_training_checkpoint, restore_training_state
+    from runs.checkpoint import read_training_checkpoint, restore_training_state
     from prefix.tuning import PrefixTuning
 
     def read_training_checkpoint_and_restore(path):

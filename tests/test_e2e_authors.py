@@ -3,7 +3,9 @@ line by line against their dev and test files, and trained on, decoded and score
 import pytest
 
 from common import UserError
-from conftest import run_script
+import sample
+import train
+from conftest import run_main
 from data import load_examples, tokenized_split
 from data.e2e_authors import authors_text
 from metrics import e2e_scores
@@ -92,17 +94,17 @@ def test_scoring_against_the_authors_references(e2e_dir):
 
 
 def test_train_and_sample_with_the_authors_text(tiny_gpt2, e2e_dir, tmp_path):
-    from prefix.artifact import read_training_checkpoint
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
+    from runs.checkpoint import read_training_checkpoint
+    result = run_main(train.main, "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
                         tmp_path, "--e2e_text", "authors", "--max_iters", "2", "--eval_interval", "2",
                         "--eval_iters", "1", "--batch_size", "2")
     assert result.returncode == 0, result.stderr
     assert read_training_checkpoint(tmp_path / "ckpt.pt")["args"]["e2e_text"] == "authors"
-    result = run_script("sample.py", "--out_dir", tmp_path, "--split", "test", "--max_examples", "3",
+    result = run_main(sample.main, "--out_dir", tmp_path, "--split", "test", "--max_examples", "3",
                         "--max_new_tokens", "4", "--no-coco")
     assert result.returncode == 0, result.stderr
     # sample.py takes the run's text form: WebNLG has no authors' form, so asking for it on this run fails
-    result = run_script("sample.py", "--out_dir", tmp_path, "--split", "test", "--dataset", "webnlg")
+    result = run_main(sample.main, "--out_dir", tmp_path, "--split", "test", "--dataset", "webnlg")
     assert result.returncode == 2 and "--e2e_text authors rewrites E2E references" in result.stderr
-    result = run_script("train.py", "--dataset", "webnlg", "--e2e_text", "authors", "--out_dir", tmp_path / "w")
+    result = run_main(train.main, "--dataset", "webnlg", "--e2e_text", "authors", "--out_dir", tmp_path / "w")
     assert result.returncode == 2 and "--e2e_text authors rewrites E2E references" in result.stderr

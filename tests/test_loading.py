@@ -10,6 +10,7 @@ from common.errors import UserError
 from hub_checkpoint import hf_cache_entry, random_hf_gpt2, write_checkpoint
 from loopback import FileServer
 from model import GPT, GPTConfig
+from model.cpu_kernels import use_cpu_kernels
 from model import safetensors as our_safetensors
 from model.loading import checkpoint_dir, hf_cache
 from model.tokenizer import from_files, get_tokenizer
@@ -27,11 +28,12 @@ def assert_same_logits(ours: GPT, hf, vocab=101, T=16):
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["oneDNN", "nn.Linear"])
-def test_frozen_model_matches_transformers_on_either_cpu_kernel(tmp_path, monkeypatch, onednn):
+def test_frozen_model_matches_transformers_on_either_cpu_kernel(tmp_path, onednn):
     """Frozen, as in prefix-tuning, the loss takes the sliced path where oneDNN is used (model/cpu_kernels.py)."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
     hf = random_hf_gpt2(**SHAPES[1], seed=3)
     ours = GPT.from_pretrained(str(write_checkpoint(hf, tmp_path, "hub", "safetensors"))).requires_grad_(False)
+    if onednn:
+        use_cpu_kernels(ours)
     assert_same_logits(ours, hf)
 
 
@@ -55,6 +57,7 @@ def test_hub_keys_include_mask_buffers_that_must_not_shadow_real_biases(tmp_path
 
 # ---- loading lean: the checkpoint's tensors become the parameters, read in place ---------------------------------
 
+@pytest.mark.slow  # the peak of a fresh process, which writes a 150 MB checkpoint first
 def test_loading_peaks_at_about_the_checkpoint_size(tmp_path, capsys):
     """Peak RSS of a fresh process that loads a 155 MB checkpoint and runs a token through it, minus the same for a
     checkpoint of a few KB (so the interpreter, torch and the code paths cancel): at most 1.3x the file's size."""

@@ -1,11 +1,11 @@
-"""model/loss.py and the sliced cross-entropy of model/cpu_kernels.py: equal to F.cross_entropy of the full logits,
+"""GPT.loss and the sliced cross-entropy of model/cpu_kernels.py: equal to F.cross_entropy of the full logits,
 value and gradient."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model import cpu_kernels
-from model.loss import lm_head_loss
+from model.cpu_kernels import sliced_cross_entropy, sliced_loss_applies, use_cpu_kernels
 from tests.conftest import needs_onednn
 
 
@@ -33,8 +33,8 @@ def test_sliced_loss_and_gradients_match_the_full_logits(monkeypatch, trainable)
     h, weight, targets = problem()
     targets[4:8] = 15  # a repeated target: its one-hot terms add up in dW
     weight.requires_grad_(trainable)
-    loss = lm_head_loss(h, weight, targets)
-    assert type(loss.grad_fn).__name__ == "SlicedCrossEntropyBackward"
+    assert sliced_loss_applies(h, weight)
+    loss = sliced_cross_entropy(h, weight, targets)
     (3 * loss).backward()  # an upstream gradient other than 1 must scale dh and dW
     expected_loss, expected_dh, expected_dw = reference(h, weight, targets)
     torch.testing.assert_close(loss, expected_loss, atol=1e-5, rtol=1e-6)
@@ -54,20 +54,18 @@ def gpt_gradients(fast: bool) -> dict[str, torch.Tensor]:
     idx = torch.randint(0, 3000, (3, 17))
     targets = torch.randint(0, 3000, (3, 17))
     targets[:, :5] = -100
-    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, fast
-    try:
-        _, loss = gpt(idx, targets)
-        assert (type(loss.grad_fn).__name__ == "SlicedCrossEntropyBackward") == fast
-        loss.backward()
-    finally:
-        torch.backends.mkldnn.enabled = enabled
+    if fast:
+        use_cpu_kernels(gpt)
+    _, loss = gpt(idx, targets)
+    assert (type(loss.grad_fn).__name__ == "SlicedCrossEntropyBackward") == fast
+    loss.backward()
     return {name: p.grad for name, p in gpt.named_parameters()}
 
 
 @needs_onednn
 def test_full_fine_tuning_gradients_equal_the_plain_paths():
     """Through a whole GPT with the tied head: oneDNN Linear layers and the sliced loss against nn.Linear and
-    F.cross_entropy (torch.backends.mkldnn disabled); wte's gradient sums its embedding and LM-head uses."""
+    F.cross_entropy (the plain GPT); wte's gradient sums its embedding and LM-head uses."""
     fast, plain = gpt_gradients(fast=True), gpt_gradients(fast=False)
     assert fast.keys() == plain.keys() and "transformer.wte.weight" in fast
     for name, grad in plain.items():
@@ -75,11 +73,16 @@ def test_full_fine_tuning_gradients_equal_the_plain_paths():
 
 
 def test_float64_takes_f_cross_entropy():
-    h, weight, targets = problem()
-    h, weight = h.detach().double().requires_grad_(), weight.double()
-    loss = lm_head_loss(h, weight, targets)
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=97, block_size=16)).double()
+    use_cpu_kernels(gpt)
+    idx, targets = torch.randint(0, 97, (2, 9)), torch.randint(0, 97, (2, 9))
+    targets[:, :3] = -100
+    _, loss = gpt(idx, targets)
     assert type(loss.grad_fn).__name__ != "SlicedCrossEntropyBackward"
-    torch.testing.assert_close(loss, F.cross_entropy(h @ weight.T, targets))
+    logits, _ = gpt(idx)
+    torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, 97), targets.view(-1)))
 
 
 @needs_onednn
@@ -88,7 +91,7 @@ def test_a_target_outside_the_vocabulary_raises(bad):
     h, weight, targets = problem()
     targets[5] = bad
     with pytest.raises(ValueError, match="token ids"):
-        lm_head_loss(h, weight, targets)
+        sliced_cross_entropy(h, weight, targets)
 
 
 def test_under_cpu_bfloat16_autocast_the_slices_multiply_in_bfloat16_and_match_the_full_logits(monkeypatch):
@@ -98,7 +101,8 @@ def test_under_cpu_bfloat16_autocast_the_slices_multiply_in_bfloat16_and_match_t
     h, weight, targets = problem()
     weight.requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = lm_head_loss(h, weight, targets)
+        assert sliced_loss_applies(h, weight)
+        loss = sliced_cross_entropy(h, weight, targets)
     assert type(loss.grad_fn).__name__ == "SlicedCrossEntropyBackward" and loss.dtype == torch.float32
     loss.backward()
     expected_loss, expected_dh, expected_dw = reference(h, weight, targets)

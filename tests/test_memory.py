@@ -28,6 +28,7 @@ def page_faults(mode: str) -> int:
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's; elsewhere nothing changes")
+@pytest.mark.slow  # page faults counted in processes of their own, churning large tensors
 def test_freed_tensors_are_recycled_instead_of_faulted_in_again():
     default, reused = page_faults("default"), page_faults("reuse")
     assert default > 40 * 500   # ~1,000 faults per 4 MiB tensor: glibc returned each one to the OS

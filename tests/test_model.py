@@ -157,6 +157,7 @@ def test_frozen_gpts_loss_and_prefix_gradient_match_the_full_logits(gpt, monkeyp
     monkeypatch.setattr(cpu_kernels, "VOCAB_SLICE", 32)  # 97 = 3 slices of 32 and one of 1
     frozen = GPT(gpt.config).eval().requires_grad_(False)
     frozen.load_state_dict(gpt.state_dict())
+    cpu_kernels.use_cpu_kernels(frozen)
     idx, targets = tokens(3, 12), tokens(3, 12)
     targets[:, :5] = -100                       # the first target is at position 5 in every row
     targets[0, 5:7] = -100

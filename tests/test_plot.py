@@ -5,7 +5,8 @@ import sys
 import pytest
 
 import plot
-from conftest import assert_drawn_png, run_script
+import train
+from conftest import assert_drawn_png, run_main
 from prefix import attention
 
 
@@ -30,11 +31,11 @@ def test_two_runs_of_train_py_overlaid_in_one_png(tiny_gpt2, e2e_dir, tmp_path):
     runs = []
     for length in (2, 5):
         runs.append(tmp_path / f"len{length}")
-        result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
+        result = run_main(train.main, "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
                             "--out_dir", runs[-1], "--prefix_len", length, "--max_iters", "12", "--eval_interval",
                             "6", "--eval_iters", "2", "--batch_size", "4", "--log_interval", "3")
         assert result.returncode == 0, result.stderr
-    result = run_script("plot.py", *runs, "--output", tmp_path / "lengths.png")
+    result = run_main(plot.main, *runs, "--output", tmp_path / "lengths.png")
     assert result.returncode == 0, result.stderr
     assert_drawn_png(tmp_path / "lengths.png")
 
@@ -42,12 +43,12 @@ def test_two_runs_of_train_py_overlaid_in_one_png(tiny_gpt2, e2e_dir, tmp_path):
     loss_ax, lr_ax = fig.axes
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == [
         f"{run}: {curve}" for run in runs for curve in ("train", "validation")]
-    for run, train, val, lr in zip(runs, loss_ax.lines[::2], loss_ax.lines[1::2], lr_ax.lines):
+    for run, train_line, val, lr in zip(runs, loss_ax.lines[::2], loss_ax.lines[1::2], lr_ax.lines):
         log = [json.loads(line) for line in open(run / "log.jsonl")]
         assert list(val.get_xdata()) == [r["iter"] for r in log if "val_loss" in r] == [0, 6, 12]
         assert list(val.get_ydata()) == [r["val_loss"] for r in log if "val_loss" in r]
-        assert list(train.get_xdata()) == list(lr.get_xdata()) == [3, 6, 9, 12]
-        assert list(train.get_ydata()) == [r["train_loss_per_token"] for r in log if "train_loss_per_token" in r]
+        assert list(train_line.get_xdata()) == list(lr.get_xdata()) == [3, 6, 9, 12]
+        assert list(train_line.get_ydata()) == [r["train_loss_per_token"] for r in log if "train_loss_per_token" in r]
         assert list(lr.get_ydata()) == [r["lr"] for r in log if "lr" in r]
 
 
@@ -69,7 +70,7 @@ def test_a_torn_last_line_is_left_out(tmp_path):
 ])
 def test_a_missing_or_damaged_log_is_one_sentence(tmp_path, make_log, message):
     make_log(tmp_path / "run")
-    result = run_script("plot.py", tmp_path / "run", "--output", tmp_path / "p.png")
+    result = run_main(plot.main, tmp_path / "run", "--output", tmp_path / "p.png")
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.png").exists()
 

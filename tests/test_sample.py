@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_script
+import sample
+import train
+from conftest import run_main, run_script
 from model import GPT, GPTConfig
 from model.generate import beam_search, generate, left_pad, next_token
 from prefix import PrefixTuning, freeze
@@ -210,15 +212,29 @@ def test_sample_from_a_table_and_from_a_file(trained_run, tmp_path):
     assert result.stdout.startswith("name : Aromi | Type : pub\n  -> ")
     tables = tmp_path / "tables.txt"
     tables.write_text("name : Aromi | Type : pub\nname : Cotto | food : Indian\n", encoding="utf-8")
-    result = run_script("sample.py", "--out_dir", trained_run, "--start", f"FILE:{tables}", "--num_beams", "1",
+    result = run_main(sample.main, "--out_dir", trained_run, "--start", f"FILE:{tables}", "--num_beams", "1",
                         "--temperature", "0.8", "--top_k", "20", "--max_new_tokens", "8",
                         "--output", tmp_path / "texts.txt")
     assert result.returncode == 0, result.stderr
     assert len((tmp_path / "texts.txt").read_text(encoding="utf-8").splitlines()) == 2
 
 
+def test_decoding_into_a_log_reports_every_tenth(trained_run, tmp_path, monkeypatch):
+    """Output that is not a terminal (CI, a log file) gets a progress line per tenth of the tables decoded."""
+    from common.progress import Progress
+    monkeypatch.setattr(Progress, "quiet_seconds", 0)  # the tiny model decodes in well under the quiet 2 s
+    tables = tmp_path / "tables.txt"
+    tables.write_text("name : Aromi | Type : pub\n" * 20, encoding="utf-8")
+    result = run_main(sample.main, "--out_dir", trained_run, "--start", f"FILE:{tables}", "--batch_size", "2",
+                      "--num_beams", "1", "--max_new_tokens", "4", "--output", tmp_path / "texts.txt")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("decoding: ")]
+    assert [line.split()[1] for line in lines] == [f"{n}/20" for n in range(2, 21, 2)]
+    assert " tables/s | " in lines[0] and lines[0].endswith(" left") and lines[-1].endswith(" elapsed")
+
+
 def test_sample_scores_a_split_in_the_papers_layout(trained_run, tmp_path):
-    result = run_script("sample.py", "--out_dir", trained_run, "--split", "dev", "--max_examples", "6",
+    result = run_main(sample.main, "--out_dir", trained_run, "--split", "dev", "--max_examples", "6",
                         "--max_new_tokens", "10", "--no-coco", "--output", tmp_path / "dev.txt")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -236,7 +252,7 @@ def test_a_split_leaves_an_evaluation_that_rescoring_reproduces(trained_run, e2e
     run.mkdir()
     for name in ("ckpt.pt", "prefix.safetensors"):
         (run / name).write_bytes((trained_run / name).read_bytes())
-    result = run_script("sample.py", "--out_dir", run, "--split", "dev", "--max_examples", "7", "--max_new_tokens",
+    result = run_main(sample.main, "--out_dir", run, "--split", "dev", "--max_examples", "7", "--max_new_tokens",
                         "10", "--no-coco", "--output", tmp_path / "dev.txt")
     assert result.returncode == 0, result.stderr
     folder = run / "eval" / "e2e-dev"
@@ -257,13 +273,13 @@ def test_a_split_leaves_an_evaluation_that_rescoring_reproduces(trained_run, e2e
         "seed": 1337, "dtype": "float32", "device": "auto", "batch_size": 10, "max_examples": 7}
 
     (tmp_path / "texts.txt").write_text(hypotheses, encoding="utf-8")
-    result = run_script("sample.py", "--out_dir", run, "--split", "dev", "--max_examples", "7", "--no-coco",
+    result = run_main(sample.main, "--out_dir", run, "--split", "dev", "--max_examples", "7", "--no-coco",
                         "--hypotheses", tmp_path / "texts.txt", "--device", "nonsense")  # no model is loaded
     assert result.returncode == 0, result.stderr
     rescored = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
     assert rescored["scores"] == decoded["scores"] and rescored["texts_from"] == str(tmp_path / "texts.txt")
 
-    result = run_script("sample.py", "--out_dir", run, "--start", f"FILE:{folder / 'tables.txt'}",
+    result = run_main(sample.main, "--out_dir", run, "--start", f"FILE:{folder / 'tables.txt'}",
                         "--max_new_tokens", "10", "--batch_size", "3", "--output", tmp_path / "again.txt")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "again.txt").read_text(encoding="utf-8") == hypotheses
@@ -272,26 +288,25 @@ def test_a_split_leaves_an_evaluation_that_rescoring_reproduces(trained_run, e2e
 def test_sample_decodes_the_final_export_unless_told_best(trained_run, tmp_path):
     """The authors decode the model at the end of training; --prefix best takes the best validation loss's."""
     for flags, export in (((), "prefix.safetensors"), (("--prefix", "best"), "prefix_best.safetensors")):
-        result = run_script("sample.py", "--out_dir", trained_run, "--split", "dev", "--max_examples", "1",
+        result = run_main(sample.main, "--out_dir", trained_run, "--split", "dev", "--max_examples", "1",
                             "--max_new_tokens", "2", "--no-coco", *flags)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines()[0].endswith(f"decoded {trained_run / export}")
     run = tmp_path / "run"
     run.mkdir()
     (run / "prefix.safetensors").write_bytes((trained_run / "prefix.safetensors").read_bytes())
-    final = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "8")
+    final = run_main(sample.main, "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "8")
     assert final.returncode == 0, final.stderr
-    result = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi", "--prefix", "best")
+    result = run_main(sample.main, "--out_dir", run, "--start", "name : Aromi", "--prefix", "best")
     assert result.returncode == 2 and "holds no best export of a trained method; it holds prefix.safetensors: " \
                                       "pass --prefix final" in result.stderr
     (run / "prefix.safetensors").rename(run / "prefix_best.safetensors")
-    result = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi")
+    result = run_main(sample.main, "--out_dir", run, "--start", "name : Aromi")
     assert result.returncode == 2 and "holds no final export of a trained method nor ckpt.pt; it holds " \
                                       "prefix_best.safetensors: pass --prefix best" in result.stderr
-    best = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "8",
+    best = run_main(sample.main, "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "8",
                       "--prefix", "best")
     assert best.returncode == 0 and best.stdout == final.stdout
-    import sample
     args = sample.parse_args(["--start", "x"])
     assert (args.prefix, args.dtype, args.min_length, args.length_penalty) == ("final", "float32", 5, 1.0)
 
@@ -303,14 +318,13 @@ def test_a_prefix_is_not_decoded_on_another_datasets_split(trained_run, tmp_path
     run.mkdir()
     (run / "prefix.safetensors").write_bytes((trained_run / "prefix.safetensors").read_bytes())
     for out_dir in (trained_run, run):
-        result = run_script("sample.py", "--out_dir", out_dir, "--split", "dev", "--dataset", "webnlg")
+        result = run_main(sample.main, "--out_dir", out_dir, "--split", "dev", "--dataset", "webnlg")
         assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
         assert "was trained on e2e, not webnlg; decoding it on webnlg dev is refused" in result.stderr
 
 
 def test_the_java_hint_names_a_flag_sample_py_has(monkeypatch):
     import re
-    import sample
     from common import UserError
     from metrics import coco, coco_scores
     monkeypatch.setattr(coco.shutil, "which", lambda name: None)  # no Java
@@ -322,10 +336,10 @@ def test_the_java_hint_names_a_flag_sample_py_has(monkeypatch):
 
 def test_sample_decodes_an_infix_run(tiny_gpt2, e2e_dir, tmp_path):
     """An infix sits between each table and its text, also when sample.py decodes a batch of tables."""
-    result = run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
+    result = run_main(train.main, "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir",
                         tmp_path, "--variant", "infix", "--max_iters", "4", "--eval_interval", "4", "--eval_iters", "1")
     assert result.returncode == 0, result.stderr
-    result = run_script("sample.py", "--out_dir", tmp_path, "--split", "dev", "--max_examples", "3",
+    result = run_main(sample.main, "--out_dir", tmp_path, "--split", "dev", "--max_examples", "3",
                         "--max_new_tokens", "5", "--no-coco")
     assert result.returncode == 0, result.stderr
     assert "e2e dev: 3 tables" in result.stdout
@@ -336,8 +350,8 @@ def test_sample_falls_back_to_the_training_checkpoint(trained_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(trained_run / "ckpt.pt", run / "ckpt.pt")
-    from_ckpt = run_script("sample.py", "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "6")
-    from_export = run_script("sample.py", "--out_dir", trained_run, "--prefix", "final", "--start", "name : Aromi",
+    from_ckpt = run_main(sample.main, "--out_dir", run, "--start", "name : Aromi", "--max_new_tokens", "6")
+    from_export = run_main(sample.main, "--out_dir", trained_run, "--prefix", "final", "--start", "name : Aromi",
                              "--max_new_tokens", "6")
     assert from_ckpt.returncode == 0, from_ckpt.stderr
     assert from_ckpt.stdout == from_export.stdout
@@ -355,7 +369,7 @@ def test_sample_decodes_with_a_peft_adapter_as_peft_does(tiny_gpt2, tokenizer, t
     peft_model = get_peft_model(GPT2LMHeadModel.from_pretrained(str(tiny_gpt2)), config).eval()
     peft_model.save_pretrained(tmp_path / "adapter")  # it names tiny_gpt2 as its base model
     table = "name : Aromi | Type : pub | area : city centre"
-    result = run_script("sample.py", "--peft_adapter", tmp_path / "adapter", "--start", table, "--num_beams", "1",
+    result = run_main(sample.main, "--peft_adapter", tmp_path / "adapter", "--start", table, "--num_beams", "1",
                         "--max_new_tokens", "12", "--no-ban_newlines")
     assert result.returncode == 0, result.stderr
     sequence, eot = prompt_ids(tokenizer, table), tokenizer.eot_token
@@ -396,7 +410,7 @@ def test_sample_bad_input_is_one_sentence(trained_run, tmp_path, make_args, mess
     (tmp_path / "gap.txt").write_text("name : Aromi\n \nname : Cotto\n")
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "ckpt.pt").write_bytes(b"not a checkpoint")
-    result = run_script("sample.py", *make_args(trained_run, tmp_path))
+    result = run_main(sample.main, *make_args(trained_run, tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message.format(tmp=tmp_path) in result.stderr and result.stderr.count("\n") == 1
 
@@ -405,6 +419,6 @@ def test_sample_refuses_a_prefix_trained_for_another_model_shape(trained_run, tm
     from hub_checkpoint import random_hf_gpt2, write_checkpoint
     other = write_checkpoint(random_hf_gpt2(n_layer=3, n_head=2, n_embd=32, vocab_size=50257, n_positions=256),
                              tmp_path / "other")
-    result = run_script("sample.py", "--out_dir", trained_run, "--init_from", other, "--start", "x")
+    result = run_main(sample.main, "--out_dir", trained_run, "--init_from", other, "--start", "x")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "was trained for" in result.stderr and "--init_from" in result.stderr

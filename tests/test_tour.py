@@ -1,4 +1,4 @@
-"""The README's tour on the tiny model: its command writes the tests' own model, and its figures are committed."""
+"""The tour on the tiny model (docs/tour.md): its command writes the tests' own model, and its figures are committed."""
 import re
 
 from conftest import ROOT, assert_drawn_png, run_script
@@ -11,12 +11,12 @@ def test_the_tours_command_writes_the_tests_tiny_model(tiny_gpt2, gpt2_dir, tmp_
         assert (tmp_path / "tiny" / name).read_bytes() == (tiny_gpt2 / name).read_bytes(), name
 
 
-def test_the_readme_shows_the_tours_figures():
-    readme = (ROOT / "README.md").read_text()
-    figures = re.findall(r"!\[[^\]]*\]\((docs/tour_[a-z_]+\.png)\)", readme)
-    assert figures == ["docs/tour_curves.png", "docs/tour_attention.png"]
+def test_the_tour_shows_its_figures_and_every_command():
+    tour = (ROOT / "docs" / "tour.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\((tour_[a-z_]+\.png)\)", tour)
+    assert figures == ["tour_curves.png", "tour_attention.png"]
     for figure in figures:
-        assert (ROOT / figure).stat().st_size < 100_000  # small enough to keep in the repository
-        assert_drawn_png(ROOT / figure)
+        assert (ROOT / "docs" / figure).stat().st_size < 100_000  # small enough to keep in the repository
+        assert_drawn_png(ROOT / "docs" / figure)
     for command in ("scripts/tiny_gpt2.py", "train.py", "plot.py", "sample.py", "prefix.attention"):
-        assert re.search(rf"python (-m )?{re.escape(command)} .*out-tour", readme), command
+        assert re.search(rf"python (-m )?{re.escape(command)} .*out-tour", tour), command

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+import sample
+import train as train_py
+from conftest import ROOT, run_main, run_script
 from model import GPT
 from model import safetensors
 from prefix import load_prefix
@@ -19,9 +21,8 @@ FAST = ["--max_iters", "24", "--eval_interval", "8", "--eval_iters", "4", "--bat
         "--learning_rate", "1e-2", "--log_interval", "4"]
 
 
-def train(tiny_gpt2, e2e_dir, out_dir, *extra, **kwargs):
-    return run_script("train.py", "--init_from", tiny_gpt2, "--data_dir", e2e_dir,
-                      "--out_dir", out_dir, *FAST, *extra, **kwargs)
+def train(tiny_gpt2, e2e_dir, out_dir, *extra):
+    return run_main(train_py.main, "--init_from", tiny_gpt2, "--data_dir", e2e_dir, "--out_dir", out_dir, *FAST, *extra)
 
 
 def val_losses(out_dir):
@@ -79,7 +80,7 @@ def kill_after_first_checkpoint_and_resume(tiny_gpt2, e2e_dir, tmp_path, *extra)
     victim.wait()
     state = torch.load(resumed / "ckpt.pt", weights_only=True)
     assert state["iter"] < 24, "the run finished before it could be killed"
-    result = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = train(tiny_gpt2, e2e_dir, resumed, *extra, "--resume")
     assert result.returncode == 0, result.stderr
     assert f"resuming at iteration {state['iter']}" in result.stdout
     assert [json.loads(line)["iter"] for line in open(resumed / "log.jsonl")] == \
@@ -98,6 +99,7 @@ def test_a_run_killed_at_any_moment_and_resumed_ends_bitwise_equal(tiny_gpt2, e2
         assert torch.equal(ours["prefix"], theirs["prefix"])
 
 
+@pytest.mark.slow  # each mode: a run, a run killed in its own process, its resumption (the prefix's is above)
 @pytest.mark.parametrize("mode,exports", [
     ("finetune", ["model/model.safetensors", "model_best/model.safetensors"]),
     ("finetune-top", ["tuned.safetensors", "tuned_best.safetensors"]),
@@ -161,16 +163,17 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_g
     (["--train_examples", "0"], "--train_examples must be a positive integer"),
 ])
 def test_bad_input_is_one_sentence_and_a_nonzero_exit(tiny_gpt2, e2e_dir, tmp_path, flags, message):
-    result = train(tiny_gpt2, e2e_dir, tmp_path / "run", *flags, timeout=120)
+    result = train(tiny_gpt2, e2e_dir, tmp_path / "run", *flags)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
 
 
-def test_missing_pretrained_weights_offline(e2e_dir, tmp_path):
+def test_missing_pretrained_weights_offline(e2e_dir, tmp_path, monkeypatch):
     """gpt2 with no network and nothing cached: the sentence that says how to supply it, nothing else."""
-    result = run_script("train.py", "--data_dir", e2e_dir, "--out_dir", tmp_path,
-                        env={"HF_ENDPOINT": "http://127.0.0.1:9", "PREFIX_TUNING_CACHE": str(tmp_path / "cache")})
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("PREFIX_TUNING_CACHE", str(tmp_path / "cache"))
+    result = run_main(train_py.main, "--data_dir", e2e_dir, "--out_dir", tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1  # the sentence alone
     assert result.stderr.startswith("error: could not download gpt2 config.json")
     assert "--init_from path/to/gpt2" in result.stderr
@@ -192,11 +195,11 @@ def test_a_new_run_in_an_old_folder_is_refused_and_overwrite_starts_clean(tiny_g
     final = tmp_path / "prefix.safetensors"
     metadata = safetensors.load_metadata(final)
     safetensors.save_file(safetensors.load_file(final), final, {**metadata, "run_id": "20260101-000000-abcdef"})
-    stray = run_script("sample.py", "--out_dir", tmp_path, "--start", "name : Aromi")
+    stray = run_main(sample.main, "--out_dir", tmp_path, "--start", "name : Aromi")
     assert stray.returncode == 2 and "was not written by the run" in stray.stderr and "Traceback" not in stray.stderr
     (tmp_path / "notes.txt").write_text("mine")  # not a run's file: --overwrite leaves it
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    refused = train(tiny_gpt2, e2e_dir, tmp_path, "--prefix_len", "5", timeout=120)
+    refused = train(tiny_gpt2, e2e_dir, tmp_path, "--prefix_len", "5")
     assert refused.returncode == 2 and "is not empty" in refused.stderr and "--overwrite" in refused.stderr
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # nothing touched
     command = [sys.executable, "train.py", "--init_from", str(tiny_gpt2), "--data_dir", str(e2e_dir),
@@ -209,7 +212,7 @@ def test_a_new_run_in_an_old_folder_is_refused_and_overwrite_starts_clean(tiny_g
     victim.wait()
     assert {p.name for p in tmp_path.iterdir()} == {"config.json", "notes.txt"}  # the old run's files are gone
     assert json.loads((tmp_path / "config.json").read_text())["run_id"] != old_run
-    assert run_script("sample.py", "--out_dir", tmp_path, "--start", "name : Aromi").returncode == 2
+    assert run_main(sample.main, "--out_dir", tmp_path, "--start", "name : Aromi").returncode == 2
 
 
 def test_grad_accum_trains_as_the_whole_batch_in_one_step(tiny_gpt2, e2e_dir, tmp_path):
@@ -235,14 +238,14 @@ def test_a_checkpoint_whose_tensors_do_not_fit_its_settings_is_one_sentence(tiny
     for export in tmp_path.glob("prefix*.safetensors"):  # so that sample.py reads the checkpoint too
         export.unlink()
     for result in (train(tiny_gpt2, e2e_dir, tmp_path, "--resume"),
-                   run_script("sample.py", "--out_dir", tmp_path, "--start", "name : Aromi")):
+                   run_main(sample.main, "--out_dir", tmp_path, "--start", "name : Aromi")):
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert "do not fit the method its settings describe" in result.stderr
 
 
 def test_out_dir_that_is_a_file_is_one_sentence(tiny_gpt2, e2e_dir, tmp_path):
     (tmp_path / "taken").write_text("")
-    result = train(tiny_gpt2, e2e_dir, tmp_path / "taken", timeout=120)
+    result = train(tiny_gpt2, e2e_dir, tmp_path / "taken")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is a file, not a directory" in result.stderr
 
 
@@ -258,6 +261,24 @@ def test_a_new_run_starts_a_new_log_and_resume_survives_a_torn_last_line(tiny_gp
     assert [json.loads(line)["iter"] for line in open(tmp_path / "log.jsonl")] == iters
 
 
+def test_a_run_trained_in_segments_with_stop_at_ends_bitwise_equal_to_one_run(tiny_gpt2, e2e_dir, tmp_path):
+    reference, segmented = tmp_path / "whole", tmp_path / "segments"
+    assert train(tiny_gpt2, e2e_dir, reference).returncode == 0
+    # 12 is not an evaluation point (every 8): the pause checkpoints by itself
+    first = train(tiny_gpt2, e2e_dir, segmented, "--stop_at", "12")
+    assert first.returncode == 0, first.stderr
+    assert "paused at iteration 12 of 24" in first.stdout and not (segmented / "prefix.safetensors").exists()
+    assert torch.load(segmented / "ckpt.pt", weights_only=True)["iter"] == 12
+    for stop in ("16", "16", "40"):  # the same stop again pauses at once; past the end, the run finishes
+        result = train(tiny_gpt2, e2e_dir, segmented, "--resume", "--stop_at", stop)
+        assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["iter"] for line in open(segmented / "log.jsonl")] == \
+        [json.loads(line)["iter"] for line in open(reference / "log.jsonl")]
+    assert val_losses(segmented) == val_losses(reference)  # the learning rate followed the one 24-step schedule
+    ours, theirs = (safetensors.load_file(run / "prefix.safetensors") for run in (segmented, reference))
+    assert torch.equal(ours["prefix"], theirs["prefix"])
+
+
 def test_resume_with_another_number_of_processes_is_refused(tiny_gpt2, e2e_dir, tmp_path):
     assert train(tiny_gpt2, e2e_dir, tmp_path, "--max_iters", "8").returncode == 0
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
@@ -268,7 +289,7 @@ def test_resume_with_another_number_of_processes_is_refused(tiny_gpt2, e2e_dir, 
 
 
 def test_help_lists_every_option_with_its_default():
-    result = run_script("train.py", "--help")
+    result = run_main(train_py.main, "--help")
     assert result.returncode == 0
     for flag in ("--init_from", "--dataset", "--data_dir", "--prefix_len", "--mid_dim", "--batch_size",
                  "--learning_rate", "--epochs", "--max_iters", "--eval_interval", "--out_dir", "--device", "--dtype",
@@ -285,6 +306,7 @@ def test_ablation_variants_train_end_to_end(tiny_gpt2, e2e_dir, tmp_path, varian
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow  # torchrun and two training processes
 def test_ddp_with_two_gloo_processes_ends_with_the_same_prefix(tiny_gpt2, e2e_dir, tmp_path):
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(29500 + os.getpid() % 1000), "train.py", "--init_from",
@@ -301,8 +323,8 @@ def test_ddp_with_two_gloo_processes_ends_with_the_same_prefix(tiny_gpt2, e2e_di
 # ---- the baselines' exports, decoded by sample.py ---------------------------------------------------------------
 
 def sample_text(out_dir, *extra):
-    result = run_script("sample.py", "--out_dir", out_dir, "--start", "name : Aromi | Type : coffee shop",
-                        "--num_beams", "1", "--max_new_tokens", "6", *extra, timeout=120)
+    result = run_main(sample.main, "--out_dir", out_dir, "--start", "name : Aromi | Type : coffee shop",
+                        "--num_beams", "1", "--max_new_tokens", "6", *extra)
     assert result.returncode == 0, result.stderr
     table, text = result.stdout.splitlines()
     assert table == "name : Aromi | Type : coffee shop" and text.startswith("  -> ") and text[5:].strip()
@@ -412,15 +434,13 @@ def test_the_authors_objective_sums_each_text_and_averages_over_texts():
 
 
 def test_init_text_is_read_after_a_space_as_the_authors_do(tokenizer):
-    from argparse import Namespace
-    from train import init_text_ids
-    args = Namespace(init_text="table-to-text:", prefix_len=len(tokenizer.encode_ordinary(" table-to-text:")))
-    assert init_text_ids(args, tokenizer) == tokenizer.encode_ordinary(" table-to-text:")
+    from prefix import init_text_ids
+    assert init_text_ids("table-to-text:", tokenizer) == tokenizer.encode_ordinary(" table-to-text:")
     assert tokenizer.encode_ordinary(" table-to-text:") != tokenizer.encode_ordinary("table-to-text:")
 
 
 def test_the_schedule_gives_each_process_and_micro_batch_its_own_rows_of_the_global_batch():
-    from train import Schedule
+    from runs import Schedule
     schedule = Schedule(n_examples=50, batch_size=2, world=2, grad_accum=3, epochs=2, max_iters=None,
                         peak_lr=1.0, warmup_iters=0, seed=7)
     assert schedule.global_batch == 12 and schedule.steps_per_epoch == 5 and schedule.total_iters == 10
@@ -446,17 +466,17 @@ def test_the_progress_rate_leaves_evaluation_pauses_out(monkeypatch):
 def test_each_accelerators_generator_is_saved_and_restored(monkeypatch):
     """Dropout on a GPU draws from the GPU's generator: ckpt.pt keeps it, and a CPU-trained run resumed on a GPU
     leaves the GPU's alone (there is none to restore)."""
-    import train
+    from runs import checkpoint
     saved = torch.arange(16, dtype=torch.uint8)
     restored = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: saved)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: restored.append(state))
     cuda = torch.device("cuda", 0)
-    state = train.device_rng_state(cuda)
-    assert torch.equal(state["cuda"], saved) and train.device_rng_state(torch.device("cpu")) == {}
-    train.set_device_rng_state(cuda, {})  # trained on a CPU
+    state = checkpoint.device_rng_state(cuda)
+    assert torch.equal(state["cuda"], saved) and checkpoint.device_rng_state(torch.device("cpu")) == {}
+    checkpoint.set_device_rng_state(cuda, {})  # trained on a CPU
     assert restored == []
-    train.set_device_rng_state(cuda, state)
+    checkpoint.set_device_rng_state(cuda, state)
     assert len(restored) == 1 and torch.equal(restored[0], saved)
 
 

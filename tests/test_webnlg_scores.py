@@ -110,6 +110,15 @@ def test_meteor_through_the_jar(java_meteor):
     assert meteor(["the cat sat on a mat"], [["a dog", "the cat sat on the mat", ""]]) == pytest.approx(partial)
 
 
+def test_meteor_reports_its_progress(java_meteor, monkeypatch, capsys):
+    from common.progress import Progress
+    from metrics.coco import meteor
+    monkeypatch.setattr(Progress, "quiet_seconds", 0)
+    meteor([f"the cat sat on mat {i}" for i in range(20)], [["the cat sat on the mat"]] * 20)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[1] for line in lines] == [f"{n}/20" for n in range(2, 21, 2)]
+
+
 def test_webnlg_scores_on_held_out_references(java_meteor, webnlg_test):
     chosen = webnlg_test[:60]
     texts = [ex.references[0] for ex in chosen]
@@ -135,15 +144,17 @@ def test_format_webnlg_in_the_papers_columns():
 
 
 def test_sample_prints_the_three_metrics_for_each_category_subset(gpt2_dir, webnlg_dir, tmp_path):
-    from conftest import run_script
+    import sample
+    import train
+    from conftest import run_main
     from hub_checkpoint import random_hf_gpt2, write_checkpoint
     gpt2 = write_checkpoint(random_hf_gpt2(n_layer=1, n_head=2, n_embd=16, vocab_size=50257, n_positions=320),
                             tmp_path / "gpt2", tokenizer_dir=gpt2_dir)  # WebNLG texts reach 259 tokens
-    result = run_script("train.py", "--init_from", gpt2, "--dataset", "webnlg", "--data_dir", webnlg_dir,
+    result = run_main(train.main, "--init_from", gpt2, "--dataset", "webnlg", "--data_dir", webnlg_dir,
                         "--out_dir", tmp_path / "run", "--max_iters", "2", "--eval_interval", "2",
                         "--eval_iters", "1")
     assert result.returncode == 0, result.stderr
-    result = run_script("sample.py", "--out_dir", tmp_path / "run", "--split", "test", "--max_examples", "8",
+    result = run_main(sample.main, "--out_dir", tmp_path / "run", "--split", "test", "--max_examples", "8",
                         "--max_new_tokens", "6", "--num_beams", "2", "--no-coco")
     assert result.returncode == 0, result.stderr
     *lines, written = result.stdout.splitlines()
