@@ -145,8 +145,8 @@ def as_the_authors_decode(text: str) -> str:
 
 
 def score(dataset: str, examples, texts: list[str], coco: bool) -> tuple[dict, str | None]:
-    """The paper's metrics: E2E's five (Table 1); WebNLG's BLEU, METEOR and TER on seen, unseen and all
-    categories as the WebNLG challenge's scripts compute them (Table 2), keyed by category; and why some are
+    """The paper's metrics: E2E's five (Table 2); WebNLG's BLEU, METEOR and TER on seen, unseen and all
+    categories as the WebNLG challenge's scripts compute them (also Table 2), keyed by category; and why some are
     missing (None when none is)."""
     if dataset == "webnlg":
         text_of = dict(zip(examples, texts))  # equal examples (same table and references) decode alike

@@ -257,7 +257,7 @@ def training_data(args: argparse.Namespace, tokenizer, config: GPTConfig):
 
 
 def objective(token_mean: torch.Tensor, n_targets: int, n_rows: int, reduction: str) -> torch.Tensor:
-    """The loss the optimizer follows, from the mean −log p over the batch's n_targets target tokens (eq. 3).
+    """The loss the optimizer follows, from the mean −log p over the batch's n_targets target tokens (eq. 2).
 
     sentence: each text's token losses summed, then averaged over the n_rows texts (the authors' objective_mode=1);
     token: the mean over target tokens.

@@ -26,7 +26,7 @@ class ChangesTheGPT(nn.Module):
         return None
 
     def loss(self, gpt: GPT, idx: Tensor, targets: Tensor, kv=None) -> Tensor:
-        """Eq. (3) over the weights this method trains: the mean -log p(text | table)."""
+        """Eq. (2) over the weights this method trains: the mean -log p(text | table)."""
         return gpt(idx, targets)[1]
 
     def start_decoding(self, gpt: GPT, prompt: Tensor, attention_mask: Tensor | None):

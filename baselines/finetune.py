@@ -1,5 +1,5 @@
 """Fine-tuning, the paper's main comparison: the GPT's own weights train (the authors' --tuning_mode finetune),
-or only its top blocks (FT-top2 in the paper's Table 1, their finetune-top)."""
+or only its top blocks (FT-top2 in the paper's Table 2, their finetune-top)."""
 from __future__ import annotations
 
 import torch.nn as nn

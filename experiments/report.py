@@ -14,7 +14,7 @@ from experiments.runner import Run, Setup, format_rate
 
 E2E_STEPS_PER_EPOCH = 4207  # 42,061 training pairs in batches of 10 (train.py's E2E default)
 METRICS = (("BLEU", 1), ("NIST", 2), ("METEOR", 1), ("ROUGE-L", 1), ("CIDEr", 2))
-PARITY = 1.0  # BLEU: "on par" allows prefix-tuning this far below fine-tuning (the paper's Table 1 margins)
+PARITY = 1.0  # BLEU: "on par" allows prefix-tuning this far below fine-tuning (the paper's Table 2: at worst 0.3 below, DART on GPT-2 large)
 
 
 def run_record(run: Run) -> dict:

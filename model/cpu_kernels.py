@@ -14,9 +14,9 @@ slower but never wrong. The math is the same either way: only the kernel differs
 
   OneDnnLinear             nn.Linear whose float32 CPU forward and backward run on oneDNN (dx = dy·W, dW = dyᵀ·x,
                            db = Σ dy, written by hand); everything else takes nn.Linear's path.
-  sliced_cross_entropy     eqs. (2)-(3), −log softmax(W h_i)[t_i] averaged, with no (N, vocab) logits: each (N, 1024)
-                           slice stays in cache while its logsumexp is taken, and the backward pass rebuilds the
-                           softmax from it (and the LM head's gradient when the head trains). On oneDNN in float32,
+  sliced_cross_entropy     §3.1 and eq. (2), −log softmax(W h_i)[t_i] averaged, with no (N, vocab) logits: each
+                           (N, 1024) slice stays in cache while its logsumexp is taken, and the backward pass rebuilds
+                           the softmax from it (and the LM head's gradient when the head trains). On oneDNN in float32,
                            or in bfloat16 under CPU autocast (AMX units on recent Intel CPUs; the softmax stays
                            float32), as autocast would multiply F.linear's.
   attention                SDPA, in float32 under CPU bfloat16 autocast, where ATen's bfloat16 kernel is ~3x slower.
@@ -162,8 +162,8 @@ def sliced_loss_applies(h: Tensor, weight: Tensor) -> bool:
 
 
 def sliced_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
-    """−(1/N) Σ_i log softmax(W h_i)[t_i] (eqs. 2-3), the vocabulary a slice at a time; h (N, C), weight (vocab, C),
-    targets (N,). Where sliced_loss_applies."""
+    """−(1/N) Σ_i log softmax(W h_i)[t_i] (§3.1 and eq. 2), the vocabulary a slice at a time; h (N, C),
+    weight (vocab, C), targets (N,). Where sliced_loss_applies."""
     return SlicedCrossEntropy.apply(h, weight, targets, _slice_kernel(h, weight))
 
 
@@ -189,7 +189,7 @@ class SlicedCrossEntropy(torch.autograd.Function):
             raise ValueError(f"targets must be token ids in [0, {weight.size(0)}), "
                              f"got {int(targets.min())}..{int(targets.max())}")
         h_cast, weight_cast = kernel.cast(h), kernel.cast(weight)
-        exps, maxes, sums = [], [], []  # per slice, z = W_φ h_i (eq. 2) in float32
+        exps, maxes, sums = [], [], []  # per slice, z = W_φ h_i (§3.1) in float32
         for w in weight_cast.split(VOCAB_SLICE):
             z = kernel.matmul_t(h_cast, w)
             maxes.append(z.amax(-1, keepdim=True))

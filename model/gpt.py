@@ -144,13 +144,13 @@ class GPT(nn.Module):
         elif prefix is not None:
             raise ValueError("give the prefix to KVCache.start, not alongside a cache")
         h = self._hidden_states(self.transformer.wte(idx), cache, attention_mask)  # h_i = LM_φ(z_i, h_<i)  (eq. 1)
-        if targets is None:  # the logits W_φ h_i of p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2)
+        if targets is None:  # the logits W_φ h_i of p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (§3.1)
             return self.lm_head(h[:, -1:] if last_only else h), None
         return None, self.loss(h, targets)
 
     def loss(self, h: Tensor, targets: Tensor) -> Tensor:
         """−(1/N) Σ_i log p_φ(t_i | h_≤i) over the N positions with a target (t_i ≠ -100), where
-        p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (eq. 2), W_φ the LM head: the mean per-token term of eq. (3).
+        p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)  (§3.1), W_φ the LM head: the mean per-token term of eq. (2).
 
         h (..., C): final hidden states; targets (...). The softmax runs in at least float32, since bfloat16 logits
         lose the loss's digits.

@@ -43,7 +43,7 @@ class InfixTuning(PrefixTuning):
                             "table (an infix continues the table's positions)")
 
     def loss(self, gpt: GPT, idx: Tensor, targets: Tensor, kv: list[KV] | None = None) -> Tensor:
-        """Eq. (3) with the infix between table and text: the mean -log p(text | table, infix)."""
+        """Eq. (2) with the infix between table and text: the mean -log p(text | table, infix)."""
         kv = self(idx.size(0)) if kv is None else kv
         sep = (targets != -100).int().argmax(1)  # each row's separator: where its targets begin
         X, Y = int(sep.max()), int((idx.size(1) - sep).max())

@@ -79,12 +79,12 @@ def tiny_setup(seed: int = 0) -> Setup:
 # ---- the loss --------------------------------------------------------------------------------------------------
 
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Eq. (3), as a mean to minimize: −log p(z_i | h_<i) averaged over i ∈ Y_idx (targets ≠ -100)."""
+    """Eq. (2), as a mean to minimize: −log p(z_i | h_<i) averaged over i ∈ Y_idx (targets ≠ -100)."""
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 def loss_with_prefix(s: Setup, kv: list[KV]) -> Tensor:
-    """The GPT's own loss (eq. 3, in float64 here) on the batch, with per-layer (P_K, P_V) as its prefix."""
+    """The GPT's own loss (eq. 2, in float64 here) on the batch, with per-layer (P_K, P_V) as its prefix."""
     return s.gpt(s.idx, s.targets, prefix=kv)[1]
 
 
@@ -168,7 +168,7 @@ def linear_weight_grads(dy: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def mlp_backward(mlp: nn.Sequential, table: Tensor, dP: Tensor) -> tuple[Tensor, ...]:
-    """Eq. (5) backwards: dL/dP' = J_MLP(P')ᵀ dL/dP, and dW_1, db_1, dW_2, db_2, by the chain rule."""
+    """§4.3's P = MLP(P') backwards: dL/dP' = J_MLP(P')ᵀ dL/dP, and dW_1, db_1, dW_2, db_2, by the chain rule."""
     first, _, second = mlp
     h = mlp[:2](table)                                            # h = tanh(P' W_1ᵀ + b_1); P = h W_2ᵀ + b_2
     dW2, db2 = linear_weight_grads(dP, h)
@@ -186,7 +186,7 @@ def check_reparameterization(s: Setup, backward: Callable = mlp_backward) -> lis
     with torch.no_grad():
         got = backward(mlp, table, dP)
     names = ["dL/dP' = J_MLPᵀ dL/dP", "dW_1", "db_1", "dW_2", "db_2"]
-    return [Result(f"eq. 5 chain rule, {name}", max_error(g, w), CLOSED_FORM_TOL)
+    return [Result(f"§4.3 chain rule, {name}", max_error(g, w), CLOSED_FORM_TOL)
             for name, g, w in zip(names, got, want)]
 
 
@@ -263,7 +263,7 @@ def check_frozen_gpt(s: Setup, steps: int = 3) -> list[Result]:
     ]
 
 
-# ---- eq. (4): activations versus keys and values ---------------------------------------------------------------
+# ---- eq. (3): activations versus keys and values ---------------------------------------------------------------
 
 def overwrite_first_positions(h: Tensor) -> Callable:
     """A forward pre-hook for a Block: its input at the first h.size(0) positions becomes h."""
@@ -274,7 +274,7 @@ def overwrite_first_positions(h: Tensor) -> Callable:
 
 
 def activation_form_logits(gpt: GPT, H: Tensor, idx: Tensor) -> Tensor:
-    """Eq. (4) literally: h_i = H[l, i] at the prefix positions i, in every layer l.
+    """Eq. (3) literally: h_i = H[l, i] at the prefix positions i, in every layer l.
 
     The GPT reads [P placeholder tokens ; idx], and the hidden state entering block l at the prefix positions
     is overwritten with H[l]. Returns the logits of idx's positions.
@@ -298,7 +298,7 @@ def keys_values_of_activations(gpt: GPT, H: Tensor) -> list[KV]:
 
 
 def check_activation_form(s: Setup) -> list[Result]:
-    """Eq. (4) and the K/V form agree: the same logits, and the same dL/dH (autograd through the projection).
+    """Eq. (3) and the K/V form agree: the same logits, and the same dL/dH (autograd through the projection).
 
     "Activation" here is the paper's h_i for a prefix position i: the hidden state entering block l (the
     residual stream, before ln_1), one (prefix_len × n_embd) matrix H[l] per layer. Later positions read a
@@ -315,8 +315,8 @@ def check_activation_form(s: Setup) -> list[Result]:
     (d_activations,) = torch.autograd.grad(lm_loss(by_activations, s.targets), H)
     (d_keys_values,) = torch.autograd.grad(lm_loss(by_keys_values, s.targets), H)
     return [
-        Result("eq. 4 vs K/V form: logits", max_error(by_keys_values, by_activations), CLOSED_FORM_TOL),
-        Result("eq. 4 vs K/V form: dL/dH", max_error(d_keys_values, d_activations), CLOSED_FORM_TOL),
+        Result("eq. 3 vs K/V form: logits", max_error(by_keys_values, by_activations), CLOSED_FORM_TOL),
+        Result("eq. 3 vs K/V form: dL/dH", max_error(d_keys_values, d_activations), CLOSED_FORM_TOL),
     ]
 
 
@@ -329,7 +329,7 @@ def onednn_linear_gradients(x: Tensor, weight: Tensor, bias: Tensor, dy: Tensor)
 
 
 def sliced_loss_gradients(h: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
-    """dh, dW of eq. (3) by SlicedCrossEntropy's backward (oneDNN): (S − Y)·W / N and (S − Y)ᵀ·h / N, a slice of the
+    """dh, dW of eq. (2) by SlicedCrossEntropy's backward (oneDNN): (S − Y)·W / N and (S − Y)ᵀ·h / N, a slice of the
     vocabulary at a time, the softmax S rebuilt from each slice's saved logits."""
     h, weight = (t.detach().requires_grad_() for t in (h, weight))
     return torch.autograd.grad(SlicedCrossEntropy.apply(h, weight, targets, FLOAT32_ONEDNN), (h, weight))

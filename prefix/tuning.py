@@ -1,11 +1,11 @@
 """Prefix-tuning (Li & Liang, 2021): a trainable prefix P steers a frozen GPT-2.
 
-Equations of the paper and where they live:
-  (1)  h_i = LM_φ(z_i, h_<i)                     GPT._hidden_states (model/gpt.py): the frozen GPT-2
-  (2)  p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)    GPT.forward's logits, GPT.loss (model/gpt.py)
-  (3)  max_θ  Σ_{i∈Y_idx} log p(z_i | h_<i)      PrefixTuning.loss (the GPT's cross-entropy over the text)
-  (4)  h_i = P_θ[i,:] for i ∈ P_idx              prefix_keys_values: P as every layer's keys and values
-  (5)  P_θ[i,:] = MLP_θ(P'_θ[i,:])               PrefixTuning.activations
+Equations of the paper (its ACL numbers; the softmax and the MLP are cited by section) and where they live:
+  (1)   h_i = LM_φ(z_i, h_<i)                    GPT._hidden_states (model/gpt.py): the frozen GPT-2
+  §3.1  p_φ(z_{i+1} | h_≤i) = softmax(W_φ h_i)   GPT.forward's logits, GPT.loss (model/gpt.py)
+  (2)   max_θ  Σ_{i∈Y_idx} log p(z_i | h_<i)     PrefixTuning.loss (the GPT's cross-entropy over the text)
+  (3)   h_i = P_θ[i,:] for i ∈ P_idx             prefix_keys_values: P as every layer's keys and values
+  §4.3  P_θ[i,:] = MLP_θ(P'_θ[i,:])              PrefixTuning.activations
 and in model/gpt.py, CausalSelfAttention: K' = [P_K ; K], V' = [P_V ; V].
 
 In a transformer, what a prefix position contributes to later tokens is its key and value in every layer,
@@ -23,7 +23,7 @@ from model.gpt import GPT, GPTConfig
 
 
 class PrefixTuning(nn.Module):
-    """The trainable prefix: P = MLP(P') (eq. 5), or P itself when reparam=False.
+    """The trainable prefix: P = MLP(P') (§4.3), or P itself when reparam=False.
 
     P' is a small (prefix_len × n_embd) table; the MLP is Linear(n_embd, mid_dim) → tanh →
     Linear(mid_dim, n_layer·2·n_embd) (the paper uses mid_dim k = 512 for table-to-text, 800 for
@@ -49,7 +49,7 @@ class PrefixTuning(nn.Module):
         """P: (prefix_len, n_layer·2·n_embd)."""
         if self.mlp is None:
             return self.table
-        return self.mlp(self.table)  # P_θ[i,:] = MLP_θ(P'_θ[i,:])  (eq. 5)
+        return self.mlp(self.table)  # P_θ[i,:] = MLP_θ(P'_θ[i,:])  (§4.3)
 
     def forward(self, batch_size: int = 1) -> list[KV]:
         """Per-layer (K, V), each (batch_size, n_head, prefix_len, head_dim); dropout draws per row."""
@@ -57,7 +57,7 @@ class PrefixTuning(nn.Module):
         return prefix_keys_values(self.dropout(P), self.config)
 
     def loss(self, gpt: GPT, idx: Tensor, targets: Tensor, kv: list[KV] | None = None) -> Tensor:
-        """Eq. (3) with the GPT frozen: the mean -log p(text | table, prefix) over the targets.
+        """Eq. (2) with the GPT frozen: the mean -log p(text | table, prefix) over the targets.
 
         kv: this module's output when it was called through a wrapper (DDP); computed here otherwise.
         """
@@ -103,7 +103,7 @@ class PrefixTuning(nn.Module):
 
 
 def prefix_keys_values(P: Tensor, config: GPTConfig) -> list[KV]:
-    """Eq. (4) in key/value form: rows of P (B, prefix_len, n_layer·2·n_embd) become every layer's (P_K, P_V).
+    """Eq. (3) in key/value form: rows of P (B, prefix_len, n_layer·2·n_embd) become every layer's (P_K, P_V).
 
     Each row holds, for layer l, a key at slot 2l and a value at slot 2l+1, each n_embd = n_head · head_dim wide.
     """

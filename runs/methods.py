@@ -3,7 +3,7 @@
 A method is an nn.Module, and train.py and sample.py use only this of it:
   method(batch_size)                        the prefix's per-layer (K, V), or None for a baseline (DDP calls it)
   method.parameters()                       those with requires_grad are the ones AdamW trains
-  method.loss(gpt, idx, targets, kv)        eq. (3): the mean −log p over the target tokens
+  method.loss(gpt, idx, targets, kv)        eq. (2): the mean −log p over the target tokens
   method.start_decoding(gpt, prompt, mask)  a KV cache, the prompt still to read, and its mask
   method.export()                           the form that decodes (a prefix: P computed once, no MLP)
   method.report(gpt_parameters)             what it trains and what its export stores
