@@ -12,7 +12,7 @@ from pathlib import Path
 from common import UserError
 from data.example import Example
 
-# A starting point for a new task: the defaults of the authors' train_e2e.py, as for DART
+# A starting point for a new task: the defaults of the authors' train_e2e.py
 TRAINING = dict(learning_rate=5e-5, batch_size=10, epochs=5, prefix_len=10)
 LAYOUT = ('a JSONL task is a folder with train.jsonl and dev.jsonl (test.jsonl optional), one {"input": "...", '
           '"output": "..." or ["...", ...]} per line')
