@@ -245,10 +245,10 @@ def build(args: argparse.Namespace, device: torch.device, fresh: bool, say):
 def training_data(args: argparse.Namespace, tokenizer, config: GPTConfig):
     """The training pairs (all, or --train_examples of them drawn from --seed) and the dev split, checked to fit
     the model's positions after the prefix."""
-    train_data, val_data = (
-        rows_that_fit(rows, positions_taken(vars(args)), config.block_size, args.skip_long_rows, args.dataset, split, args.data_dir,
-                      args.e2e_text)
-        for split, rows in zip(SPLITS, tokenized_splits(args.dataset, SPLITS, tokenizer, args.data_dir, args.e2e_text)))
+    splits = tokenized_splits(args.dataset, SPLITS, tokenizer, args.data_dir, args.e2e_text)
+    train_data, val_data = (rows_that_fit(rows, positions_taken(vars(args)), config.block_size, args.skip_long_rows,
+                                          args.dataset, split, args.data_dir, args.e2e_text)
+                            for split, rows in zip(SPLITS, splits))
     if args.train_examples is not None:
         if args.train_examples > len(train_data):
             raise UserError(f"--train_examples {args.train_examples} exceeds the {len(train_data):,} training pairs")

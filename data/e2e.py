@@ -18,7 +18,7 @@ SPLIT_FILES = {"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_
 SLOT_NAMES = {"name": "name", "eatType": "Type", "food": "food", "priceRange": "price",
               "customer rating": "customer rating", "area": "area", "familyFriendly": "family friendly",
               "near": "near"}
-# The paper's training settings (§5: lr, batch, epochs) and the prefix length of the authors' train_e2e.py default
+# The paper's Table 6 (lr, batch, epochs; README's command passes its P = 5) and the authors' train_e2e.py P = 10
 TRAINING = dict(learning_rate=8e-5, batch_size=10, epochs=5, prefix_len=10)
 SLOT = re.compile(r"(?:^|, )([^\[\],]+)\[([^\[\]]*)\]")  # "slot[value]" at the start or after ", "
 

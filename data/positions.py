@@ -13,11 +13,12 @@ def rows_that_fit(sequences: Sequences, prefix_len: int, block_size: int, skip: 
     """The split's sequences if every one fits the model: the model reads all of a row but its last token, after
     prefix_len prefix positions. Otherwise, with skip, the rows that fit; without, a UserError naming the first
     row that does not (the split is read again only then, to find where that row comes from)."""
-    too_long = np.flatnonzero(prefix_len + sequences.lengths - 1 > block_size)
+    fits = prefix_len + sequences.lengths - 1 <= block_size
+    too_long = np.flatnonzero(~fits)
     if not len(too_long):
         return sequences
     if skip and len(too_long) < len(sequences):
-        return sequences.select(np.flatnonzero(prefix_len + sequences.lengths - 1 <= block_size), len(too_long))
+        return sequences.select(np.flatnonzero(fits), len(too_long))
     if skip:
         raise UserError(f"no row of the {dataset} {split} split fits the model's {block_size} positions after a "
                         f"prefix of {prefix_len}; use a model with a longer position table or a shorter --prefix_len")

@@ -55,6 +55,7 @@ class Sequences:
 
     @property
     def longest(self) -> int:
+        """Tokens in the longest sequence."""
         return int(self.lengths.max())
 
     def describe(self) -> str:
@@ -85,7 +86,8 @@ class Sequences:
     def random_subset(self, n: int, seed: int) -> "Sequences":
         """n of the sequences, drawn without replacement from the seed and kept in their order: a low-data
         training set (the paper's §6.3), the same on every machine for the same seed."""
-        return self.select(sorted(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].tolist()))
+        drawn = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.select(sorted(drawn.tolist()))
 
     def select(self, rows, skipped: int = 0) -> "Sequences":
         """The given rows, in the given order; `skipped` counts the rows left out for not fitting the model."""

@@ -10,7 +10,7 @@ from data.example import Example
 # MeanOfTransportation, Politician), which the paper scores separately.
 SEEN_CATEGORIES = frozenset({"Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument",
                              "SportsTeam", "University", "WrittenWork"})
-# The paper's training settings (§5) and the prefix length of the authors' README command (--preseqlen 5)
+# The paper's Table 6, which the authors' README command also runs (--preseqlen 5)
 TRAINING = dict(learning_rate=5e-5, batch_size=5, epochs=5, prefix_len=5)
 LAYOUT = ("point --data_dir at a WebNLG 2017 folder with train/ and dev/ (1triples/ ... 7triples/ of XML files) "
           "and test/testdata_with_lex.xml")

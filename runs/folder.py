@@ -39,9 +39,9 @@ CHECKPOINT, CONFIG, LOG, EVAL = "ckpt.pt", "config.json", "log.jsonl", "eval"
 # Arguments that define the run; --resume refuses to change them, so a resumed run is the same run
 # (except data_dir: the same data may have moved).
 RUN_ARGS = ("init_from", "dataset", "data_dir", "e2e_text", "skip_long_rows", "train_examples", "tuning_mode",
-            "prefix_len", "mid_dim", "variant", "reparam", "prefix_dropout", "init_text", "positions_from_zero", "top_blocks", "adapter_dim",
-            "lora_rank", "lora_alpha", "batch_size", "learning_rate", "weight_decay", "warmup_iters", "epochs",
-            "max_iters", "grad_clip", "seed", "loss_reduction", "grad_accum")
+            "prefix_len", "mid_dim", "variant", "reparam", "prefix_dropout", "init_text", "positions_from_zero",
+            "top_blocks", "adapter_dim", "lora_rank", "lora_alpha", "batch_size", "learning_rate", "weight_decay",
+            "warmup_iters", "epochs", "max_iters", "grad_clip", "seed", "loss_reduction", "grad_accum")
 
 
 @dataclass

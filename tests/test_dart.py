@@ -19,7 +19,8 @@ def test_dart_counts(dart_dir):
 def test_dart_linearization_is_the_authors(dart_dir):
     dev = load_examples("dart", "dev", dart_dir)
     # hand-checked against the JSON and against the authors' LineByLineTriplesTextDataset
-    assert dev[0].table == "Mars Hill College : joined : 1973 | Mars Hill College : location : Mars Hill, North Carolina"
+    assert dev[0].table == ("Mars Hill College : joined : 1973 | "
+                            "Mars Hill College : location : Mars Hill, North Carolina")
     assert dev[0].references == ("A school from Mars Hill, North Carolina, joined in 1973.",)
     assert dev[100].table == ("[TABLECONTEXT] : year : 2003 | [TABLECONTEXT] : [title] : Charlotte Eagles "
                               "Year-by-year | 2003 : open_cup : Did not qualify")
@@ -30,7 +31,8 @@ def test_dart_json_and_xml_read_alike(dart_dir, tmp_path):
     import json
     first = load_examples("dart", "test", dart_dir)[0]
     record = {"tripleset": [["Hawaii Five-O", "NOTES", "Episode: The Flight of the Jewels"],
-                            ["[TABLECONTEXT]", "[TITLE]", "Jeff Daniels"], ["[TABLECONTEXT]", "TITLE", "Hawaii Five-O"]],
+                            ["[TABLECONTEXT]", "[TITLE]", "Jeff Daniels"],
+                            ["[TABLECONTEXT]", "TITLE", "Hawaii Five-O"]],
               "subtree_was_extended": False,
               "annotations": [{"source": "WikiTableQuestions_lily",
                                "text": "Jeff Daniels played in the Hawaii Five-O episode The Flight of the Jewels"}]}
