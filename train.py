@@ -11,6 +11,8 @@ from), the export of what was trained at the end and at the best validation loss
 prefix_best.safetensors: P, no MLP; tuned[_best].safetensors for FT-top2, adapters and LoRA; model[_best]/, a
 whole GPT-2 checkpoint, for fine-tuning), and log.jsonl (the curves).
 """
+from __future__ import annotations
+
 import argparse
 import math
 import sys
@@ -117,130 +119,174 @@ def parse_args(argv=None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    reuse_freed_memory()
-    # ---- processes (torchrun sets RANK), device, precision, the run folder ------------------------------------
-    rank, world, local_rank = rank_and_world()
-    device = pick_device(args.device, local_rank)
-    run = Run.open(args, argv, device, rank, world)  # a resumed run takes its settings from its ckpt.pt
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    say = print if run.master else (lambda *a, **k: None)
-    dtype = pick_dtype(args.dtype, device)
-    mixed_precision = autocast(device, dtype)
-    torch.manual_seed(args.seed)  # the same initial prefix everywhere (DDP also broadcasts rank 0's)
-    config, tokenizer, train_data, val_data, model, method = build(args, device, run.checkpoint is None, say)
-    # fused: one kernel for the whole update instead of a dozen passes per tensor (7x faster on the 2-core CPU)
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=args.learning_rate,
-                                  weight_decay=args.weight_decay, fused=True)
-    trainable = DistributedDataParallel(method) if world > 1 else method
-    schedule = Schedule(len(train_data), args.batch_size, world, args.grad_accum, args.epochs, args.max_iters,
-                        args.learning_rate, args.warmup_iters, args.seed)
-    it, best_val = run.restore(method, optimizer) if run.checkpoint else (0, float("inf"))
-    if run.checkpoint:
-        say(f"resuming at iteration {it} of {schedule.total_iters} (run {run.run_id})")
-    else:
-        run.start(config, global_batch=schedule.global_batch, total_iters=schedule.total_iters)
-    say(f"training {schedule.total_iters} iterations ({schedule.steps_per_epoch} per epoch, global batch "
-        f"{schedule.global_batch} = {args.batch_size} rows x {world} process(es) x {args.grad_accum} accumulation "
-        f"step(s)) on {device}, {str(dtype).removeprefix('torch.')}; train loss: {LOSS_NAMES[args.loss_reduction]}, "
-        f"val loss: per token")
-    if it == 0:
-        val = validation_loss(method, model, val_data, args, device, mixed_precision)
-        say(f"iter 0: val loss {val:.4f}")
-        run.log(iter=0, val_loss=val)
+    t = Trainer(args, argv)  # processes, device, the run folder, data, the frozen GPT, the method, the optimizer
+    method, model, optimizer, schedule, data = t.method, t.model, t.optimizer, t.schedule, t.train_data
+    it, best_val = t.start()  # 0 after a first validation, or where the resumed run's checkpoint left off
 
     # ---- the loop: batch, forward, backward, clip, step; log, validate and checkpoint now and then -------------
     interrupted = stop_on_ctrl_c()
-    started, tokens_trained, targets_trained = time.time(), 0, 0
-    window = Window(it)  # the progress line's rate: since the last line, evaluation pauses excluded
-    finite = torch.ones((), dtype=torch.bool, device=device)  # checked where the loop talks, not every step
-    method.train()
+    meter = Meter(it, t.device, t.world)
     end = schedule.total_iters if args.stop_at is None else min(args.stop_at, schedule.total_iters)
+    method.train()
     while it < end:
         lr = schedule.learning_rate(it)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss_sum, token_loss_sum, n_targets = 0.0, 0.0, 0
         for micro in range(args.grad_accum):
-            rows = schedule.rows(it, rank, micro)
-            idx, targets = train_data.batch(rows)
-            n = train_data.target_count(rows)  # counted on the host: the loop never waits for the device
-            idx, targets = (t.to(device, non_blocking=True) for t in (idx, targets))
-            # gradients are averaged across processes only after the last micro-batch
-            with trainable.no_sync() if world > 1 and micro < args.grad_accum - 1 else nullcontext():
-                with mixed_precision:
-                    kv = trainable(idx.size(0))  # through DDP, so gradients are averaged across processes
+            rows = schedule.rows(it, t.rank, micro)
+            idx, targets = data.batch(rows)
+            n = data.target_count(rows)  # counted on the host: the loop never waits for the device
+            idx, targets = idx.to(t.device, non_blocking=True), targets.to(t.device, non_blocking=True)
+            with t.no_sync(micro):
+                with t.mixed_precision:
+                    kv = t.trainable(idx.size(0))  # through DDP, so gradients are averaged across processes
                     token_mean = method.loss(model, idx, targets, kv)
                     loss = objective(token_mean, n, idx.size(0), args.loss_reduction) / args.grad_accum
                 loss.backward()
-            loss_sum, token_loss_sum = loss_sum + loss.detach(), token_loss_sum + token_mean.detach() * n
-            n_targets, tokens_trained = n_targets + n, tokens_trained + idx.numel() * world
-        targets_trained += n_targets * world
+            meter.add(loss, token_mean, n, idx.numel())
         grad_norm = torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.grad_clip)
-        finite &= torch.isfinite(loss_sum) & torch.isfinite(grad_norm)
+        meter.step(grad_norm)
         optimizer.step()
         it += 1
 
         if it % args.log_interval == 0 or it == schedule.total_iters:
-            check_finite(finite, it, loss_sum, grad_norm, run)
-            rate, eta = window.progress(it, tokens_trained, schedule.total_iters)
-            say(f"iter {it}/{schedule.total_iters} | epoch {it / schedule.steps_per_epoch:.2f} | "
-                f"loss {loss_sum.item():.4f} ({token_loss_sum.item() / n_targets:.4f} per token) | lr {lr:.2e} | "
-                f"{rate:,.0f} tok/s | ETA {format_duration(eta)}")
-            run.log(iter=it, epoch=it / schedule.steps_per_epoch, train_loss=loss_sum.item(),
-                    train_loss_per_token=token_loss_sum.item() / n_targets, lr=lr, tokens_per_s=rate)
+            t.log_progress(it, lr, meter)
         if it % args.eval_interval == 0 or it == schedule.total_iters:
-            check_finite(finite, it, loss_sum, grad_norm, run)
-            val = validation_loss(method, model, val_data, args, device, mixed_precision)
-            improved, best_val = val < best_val, min(best_val, val)
-            if improved:
-                run.export(method, model, tokenizer, best=True)
-            say(f"iter {it}: val loss {val:.4f}" +
-                (f" (best so far: {run.export_path(best=True).name})" if improved else ""))
-            run.log(iter=it, val_loss=val)
-            run.save_checkpoint(it, best_val, method, optimizer, config)
-            window.pause_ends(tokens_trained)
+            best_val = t.evaluate(it, best_val, meter)
         if interrupted:
-            check_finite(finite, it, loss_sum, grad_norm, run)
-            run.save_checkpoint(it, best_val, method, optimizer, config)
-            say(f"interrupted at iteration {it}; continue with: python train.py --out_dir {run.out_dir} --resume")
+            t.save(it, best_val, meter)
+            t.say(f"interrupted at iteration {it}; continue with: python train.py --out_dir {t.run.out_dir} --resume")
             sys.exit(130)
-
-    if it < schedule.total_iters:  # paused by --stop_at
-        if it % args.eval_interval and (run.checkpoint is None or it > run.checkpoint["iter"]):  # not saved yet
-            check_finite(finite, it, loss_sum, grad_norm, run)
-            run.save_checkpoint(it, best_val, method, optimizer, config)
-        say(f"paused at iteration {it} of {schedule.total_iters}; continue with: python train.py --out_dir "
-            f"{run.out_dir} --resume")
-    else:
-        path = run.export(method, model, tokenizer, best=False)
-        say(f"done: {path} (best val loss {best_val:.4f} in {run.export_path(best=True).name})\n"
-            f"{format_duration(time.time() - started)} wall, {tokens_trained:,} tokens trained ({targets_trained:,} "
-            f"with a loss), peak memory {peak_memory(device)}")
-    if world > 1:
-        check_ranks_agree(method, world)
-        dist.destroy_process_group()
+    t.finish(it, best_val, meter)
 
 
-# ---- data, model, objective, validation -----------------------------------------------------------------------
+# ---- setting up, and what the loop does now and then ----------------------------------------------------------
 
-def build(args: argparse.Namespace, device: torch.device, fresh: bool, say):
-    """(config, tokenizer, train data, dev data, the frozen GPT, the method that trains), the data checked before
-    the weights load; a fresh run's prefix may start from --init_text's activations."""
-    directory = checkpoint_dir(args.init_from)
-    config, tokenizer = read_config(directory), get_tokenizer(directory)
-    train_data, val_data = training_data(args, tokenizer, config)
-    say(f"train: {train_data.describe()}\nval:   {val_data.describe()}")
-    model = freeze(GPT.from_pretrained(str(directory)).to(device))
-    gpt_parameters = sum(p.numel() for p in model.parameters())  # counted before a baseline adds its own
-    method = build_method(vars(args), model).to(device)
-    use_cpu_kernels(model, method)
-    if fresh:
-        initialize(method, model, vars(args), tokenizer)
-    say(method.report(gpt_parameters))
-    return config, tokenizer, train_data, val_data, model, method
+class Trainer:
+    """What the loop trains with, and the steps it takes now and then: start, log, evaluate, save, finish."""
 
+    def __init__(self, args: argparse.Namespace, argv):
+        """Processes (torchrun sets RANK), device, precision, the run folder (a resumed run takes its settings from
+        its ckpt.pt), the data (checked before the weights load), the frozen GPT and the method (a fresh run's
+        prefix may start from --init_text's activations), the optimizer and the schedule."""
+        reuse_freed_memory()
+        self.args = args
+        self.rank, self.world, local_rank = rank_and_world()
+        self.device = device = pick_device(args.device, local_rank)
+        self.run = run = Run.open(args, argv, device, self.rank, self.world)
+        if self.world > 1:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.say = say = print if run.master else (lambda *a, **k: None)
+        self.dtype = pick_dtype(args.dtype, device)
+        self.mixed_precision = autocast(device, self.dtype)
+        torch.manual_seed(args.seed)  # the same initial prefix everywhere (DDP also broadcasts rank 0's)
+        directory = checkpoint_dir(args.init_from)
+        self.config, self.tokenizer = read_config(directory), get_tokenizer(directory)
+        self.train_data, self.val_data = training_data(args, self.tokenizer, self.config)
+        say(f"train: {self.train_data.describe()}\nval:   {self.val_data.describe()}")
+        self.model = model = freeze(GPT.from_pretrained(str(directory)).to(device))
+        gpt_parameters = sum(p.numel() for p in model.parameters())  # counted before a baseline adds its own
+        self.method = method = build_method(vars(args), model).to(device)
+        use_cpu_kernels(model, method)
+        if run.checkpoint is None:
+            initialize(method, model, vars(args), self.tokenizer)
+        say(method.report(gpt_parameters))
+        self.trainable = DistributedDataParallel(method) if self.world > 1 else method
+        # fused: one kernel for the whole update instead of a dozen passes per tensor (7x faster on the 2-core CPU)
+        self.optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad],
+                                           lr=args.learning_rate, weight_decay=args.weight_decay, fused=True)
+        self.schedule = Schedule(len(self.train_data), args.batch_size, self.world, args.grad_accum, args.epochs,
+                                 args.max_iters, args.learning_rate, args.warmup_iters, args.seed)
+
+    def start(self) -> tuple[int, float]:
+        """(iteration, best dev loss): a resumed run's, or 0 after validating the untrained method."""
+        run = self.run
+        if run.checkpoint:
+            it, best_val = run.restore(self.method, self.optimizer)
+            self.say(f"resuming at iteration {it} of {self.schedule.total_iters} (run {run.run_id})")
+        else:
+            it, best_val = 0, float("inf")
+            run.start(self.config, global_batch=self.schedule.global_batch, total_iters=self.schedule.total_iters)
+        s, args = self.schedule, self.args
+        self.say(f"training {s.total_iters} iterations ({s.steps_per_epoch} per epoch, global batch {s.global_batch} "
+                 f"= {args.batch_size} rows x {self.world} process(es) x {args.grad_accum} accumulation step(s)) on "
+                 f"{self.device}, {str(self.dtype).removeprefix('torch.')}; train loss: "
+                 f"{LOSS_NAMES[args.loss_reduction]}, val loss: per token")
+        if it == 0:
+            val = self.validation_loss()
+            self.say(f"iter 0: val loss {val:.4f}")
+            run.log(iter=0, val_loss=val)
+        return it, best_val
+
+    def no_sync(self, micro: int):
+        """DDP averages gradients across processes only after the last micro-batch of an iteration."""
+        return self.trainable.no_sync() if self.world > 1 and micro < self.args.grad_accum - 1 else nullcontext()
+
+    def log_progress(self, it: int, lr: float, meter: Meter) -> None:
+        meter.check_finite(it, self.run)
+        rate, eta = meter.progress(it, self.schedule.total_iters)
+        loss, per_token = meter.loss.item(), meter.token_loss.item() / meter.n_targets
+        epoch = it / self.schedule.steps_per_epoch
+        self.say(f"iter {it}/{self.schedule.total_iters} | epoch {epoch:.2f} | loss {loss:.4f} ({per_token:.4f} per "
+                 f"token) | lr {lr:.2e} | {rate:,.0f} tok/s | ETA {format_duration(eta)}")
+        self.run.log(iter=it, epoch=epoch, train_loss=loss, train_loss_per_token=per_token, lr=lr, tokens_per_s=rate)
+
+    def evaluate(self, it: int, best_val: float, meter: Meter) -> float:
+        """Validate, export the method if it is the best so far, checkpoint; the best dev loss."""
+        meter.check_finite(it, self.run)
+        val = self.validation_loss()
+        improved, best_val = val < best_val, min(best_val, val)
+        if improved:
+            self.run.export(self.method, self.model, self.tokenizer, best=True)
+        self.say(f"iter {it}: val loss {val:.4f}" +
+                 (f" (best so far: {self.run.export_path(best=True).name})" if improved else ""))
+        self.run.log(iter=it, val_loss=val)
+        self.run.save_checkpoint(it, best_val, self.method, self.optimizer, self.config)
+        meter.pause_ends()
+        return best_val
+
+    def save(self, it: int, best_val: float, meter: Meter) -> None:
+        meter.check_finite(it, self.run)
+        self.run.save_checkpoint(it, best_val, self.method, self.optimizer, self.config)
+
+    def finish(self, it: int, best_val: float, meter: Meter) -> None:
+        """Paused by --stop_at (checkpointed, if the last evaluation did not), or done: the final export."""
+        run, total_iters = self.run, self.schedule.total_iters
+        if it < total_iters:
+            if it % self.args.eval_interval and (run.checkpoint is None or it > run.checkpoint["iter"]):
+                self.save(it, best_val, meter)
+            self.say(f"paused at iteration {it} of {total_iters}; continue with: python train.py --out_dir "
+                     f"{run.out_dir} --resume")
+        else:
+            path = run.export(self.method, self.model, self.tokenizer, best=False)
+            self.say(f"done: {path} (best val loss {best_val:.4f} in {run.export_path(best=True).name})\n"
+                     f"{format_duration(time.time() - meter.started)} wall, {meter.tokens:,} tokens trained "
+                     f"({meter.targets:,} with a loss), peak memory {peak_memory(self.device)}")
+        if self.world > 1:
+            check_ranks_agree(self.method, self.world)
+            dist.destroy_process_group()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The mean loss per target token over the dev split (its first --eval_iters batches, if given)."""
+        self.method.eval()
+        data, batch_size = self.val_data, self.args.batch_size
+        n_batches = math.ceil(len(data) / batch_size)
+        n_batches = min(n_batches, self.args.eval_iters) if self.args.eval_iters else n_batches
+        total, count = torch.zeros((), device=self.device), 0
+        for b in range(n_batches):
+            rows = np.arange(b * batch_size, min((b + 1) * batch_size, len(data)))
+            idx, targets = data.batch(rows)
+            n = data.target_count(rows)
+            with self.mixed_precision:
+                total += self.method.loss(self.model, idx.to(self.device), targets.to(self.device)) * n
+            count += n
+        self.method.train()
+        return total.item() / count
+
+
+# ---- data, objective, the loop's figures ----------------------------------------------------------------------
 
 def training_data(args: argparse.Namespace, tokenizer, config: GPTConfig):
     """The training pairs (all, or --train_examples of them drawn from --seed) and the dev split, checked to fit
@@ -265,53 +311,51 @@ def objective(token_mean: torch.Tensor, n_targets: int, n_rows: int, reduction: 
     return token_mean * (n_targets / n_rows) if reduction == "sentence" else token_mean
 
 
-@torch.no_grad()
-def validation_loss(method, model: GPT, val_data, args: argparse.Namespace, device: torch.device,
-                    mixed_precision) -> float:
-    """The mean loss per target token over the dev split (its first --eval_iters batches, if given)."""
-    method.eval()
-    n_batches = math.ceil(len(val_data) / args.batch_size)
-    n_batches = min(n_batches, args.eval_iters) if args.eval_iters else n_batches
-    total, count = torch.zeros((), device=device), 0
-    for b in range(n_batches):
-        rows = np.arange(b * args.batch_size, min((b + 1) * args.batch_size, len(val_data)))
-        idx, targets = val_data.batch(rows)
-        n = val_data.target_count(rows)
-        with mixed_precision:
-            total += method.loss(model, idx.to(device), targets.to(device)) * n
-        count += n
-    method.train()
-    return total.item() / count
+class Meter:
+    """The loop's figures: the last iteration's losses, the tokens trained, the rate since the last progress line
+    (the time spent validating and saving left out), and whether every loss and gradient so far was finite."""
 
+    def __init__(self, it: int, device: torch.device, world: int):
+        self.world, self.started = world, time.time()
+        self.tokens, self.targets = 0, 0  # over all processes
+        self.finite = torch.ones((), dtype=torch.bool, device=device)  # checked where the loop talks, not every step
+        self.window_it, self.window_tokens, self.window_time = it, 0, self.started
+        self.next_loss, self.next_token_loss, self.next_targets = 0.0, 0.0, 0  # the iteration being summed
 
-def check_finite(finite: torch.Tensor, it: int, loss: torch.Tensor, grad_norm: torch.Tensor, run: Run) -> None:
-    """Stop on a loss or gradient that was not finite since the last check (checked when the loop logs or saves,
-    so that a GPU is not made to wait every step); the checkpoint on disk predates it."""
-    if not finite:
-        raise UserError(f"training diverged by iteration {it} (last loss {loss.item():.4g}, gradient norm "
-                        f"{grad_norm.item():.4g}); the last good checkpoint {run.checkpoint_path} is intact: "
-                        f"lower --learning_rate and --resume")
+    def add(self, loss: torch.Tensor, token_mean: torch.Tensor, n_targets: int, tokens: int) -> None:
+        """A micro-batch of this process: its share of the objective, and its mean loss over n_targets tokens."""
+        self.next_loss = self.next_loss + loss.detach()
+        self.next_token_loss = self.next_token_loss + token_mean.detach() * n_targets
+        self.next_targets, self.tokens = self.next_targets + n_targets, self.tokens + tokens * self.world
 
+    def step(self, grad_norm: torch.Tensor) -> None:
+        """The iteration's gradient is in: its figures kept for the next progress line, the sums started afresh."""
+        self.loss, self.token_loss, self.n_targets, self.grad_norm = (self.next_loss, self.next_token_loss,
+                                                                      self.next_targets, grad_norm)
+        self.next_loss, self.next_token_loss, self.next_targets = 0.0, 0.0, 0
+        self.targets += self.n_targets * self.world
+        self.finite &= torch.isfinite(self.loss) & torch.isfinite(grad_norm)
 
-class Window:
-    """The training rate since the last progress line, with the time spent validating and saving left out."""
+    def check_finite(self, it: int, run: Run) -> None:
+        """Stop on a loss or gradient that was not finite since the last check (made when the loop logs or saves,
+        so that a GPU is not made to wait every step); the checkpoint on disk predates it."""
+        if not self.finite:
+            raise UserError(f"training diverged by iteration {it} (last loss {self.loss.item():.4g}, gradient norm "
+                            f"{self.grad_norm.item():.4g}); the last good checkpoint {run.checkpoint_path} is "
+                            f"intact: lower --learning_rate and --resume")
 
-    def __init__(self, it: int):
-        self.it, self.tokens, self.time = it, 0, time.time()
-
-    def progress(self, it: int, tokens: int, total_iters: int) -> tuple[float, float]:
-        """(tokens per second, seconds left at this pace) since the last call, which this one ends."""
+    def progress(self, it: int, total_iters: int) -> tuple[float, float]:
+        """(tokens per second, seconds left at this pace) since the last call or pause, which this call ends."""
         now = time.time()
-        elapsed = max(now - self.time, 1e-9)
-        rate, eta = (tokens - self.tokens) / elapsed, elapsed / max(1, it - self.it) * (total_iters - it)
-        self.it, self.tokens, self.time = it, tokens, now
+        elapsed = max(now - self.window_time, 1e-9)
+        rate = (self.tokens - self.window_tokens) / elapsed
+        eta = elapsed / max(1, it - self.window_it) * (total_iters - it)
+        self.window_it, self.window_tokens, self.window_time = it, self.tokens, now
         return rate, eta
 
-    def pause_ends(self, tokens: int) -> None:
+    def pause_ends(self) -> None:
         """Validation and saving are over: the next rate starts counting here."""
-        self.tokens, self.time = tokens, time.time()
-
-
+        self.window_tokens, self.window_time = self.tokens, time.time()
 
 
 if __name__ == "__main__":

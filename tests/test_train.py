@@ -456,10 +456,12 @@ def test_the_progress_rate_leaves_evaluation_pauses_out(monkeypatch):
     import train
     clock = iter([100.0, 110.0, 140.0, 150.0])  # start, a progress line, the end of a 30 s evaluation, a line
     monkeypatch.setattr(train.time, "time", lambda: next(clock))
-    window = train.Window(0)
-    assert window.progress(10, 1000, 100)[0] == 100  # 1000 tokens in 10 s
-    window.pause_ends(1000)  # evaluating took 30 s
-    rate, eta = window.progress(20, 3000, 100)
+    meter = train.Meter(0, torch.device("cpu"), world=1)
+    meter.tokens = 1000
+    assert meter.progress(10, 100)[0] == 100  # 1000 tokens in 10 s
+    meter.pause_ends()  # evaluating took 30 s
+    meter.tokens = 3000
+    rate, eta = meter.progress(20, 100)
     assert rate == 200 and eta == 80  # 2000 tokens in the 10 s since the pause; 1 s per iteration, 80 to go
 
 
