@@ -1,4 +1,4 @@
-"""Prefix-tune a frozen GPT-2 on table-to-text (E2E or WebNLG), in the spirit of nanoGPT's train.py.
+"""Prefix-tune a frozen GPT-2 on table-to-text (E2E, WebNLG, DART) or your own task, as nanoGPT's train.py.
 
     python train.py --prefix_len 10                       # E2E with the paper's training settings, on gpt2
     python train.py --dataset webnlg --data_dir ../shared/data/webnlg --init_from gpt2-medium
