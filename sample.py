@@ -23,7 +23,8 @@ from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick
 from common.memory import reuse_freed_memory
 from common.progress import Progress
 from data import DATASETS, SPLITS, TEXT_FORMS, category_subset, check_text_form, load_examples, prompt_ids
-from metrics import coco_scores, e2e_scores, format_scores, format_webnlg, webnlg_scores
+from metrics import dart_scores, e2e_scores, format_dart, format_scores, format_webnlg, webnlg_scores
+from metrics.dart import NOT_COMPUTED
 from metrics.e2e_files import hypotheses_text, one_line, read_hypotheses, references_text
 from model import GPT
 from model.cpu_kernels import use_cpu_kernels
@@ -144,33 +145,43 @@ def as_the_authors_decode(text: str) -> str:
     return text.strip() or "Error"
 
 
-def score(dataset: str, examples, texts: list[str], coco: bool) -> tuple[dict, str | None]:
-    """The paper's metrics: E2E's five (Table 2); WebNLG's BLEU, METEOR and TER on seen, unseen and all
-    categories as the WebNLG challenge's scripts compute them (also Table 2), keyed by category; and why some are
-    missing (None when none is)."""
-    if dataset == "webnlg":
-        text_of = dict(zip(examples, texts))  # equal examples (same table and references) decode alike
-        groups = {subset: chosen for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}
+def _e2e(examples, texts: list[str], coco: bool) -> dict:
+    return e2e_scores(texts, [ex.references for ex in examples], coco)
 
-        def scores(meteor_too: bool) -> dict:
-            return {subset: webnlg_scores([text_of[ex] for ex in chosen], [ex.references for ex in chosen],
-                                          meteor_too) for subset, chosen in groups.items()}
-        try:
-            return scores(coco), None
-        except UserError as e:  # METEOR is an optional extra
-            return scores(False), str(e)
-    references = [ex.references for ex in examples]
-    scores = e2e_scores(texts, references, coco=False)
+
+def _webnlg(examples, texts: list[str], meteor_too: bool) -> dict:
+    text_of = dict(zip(examples, texts))  # equal examples (same table and references) decode alike
+    groups = {subset: chosen for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}
+    return {subset: webnlg_scores([text_of[ex] for ex in chosen], [ex.references for ex in chosen], meteor_too)
+            for subset, chosen in groups.items()}
+
+
+def _dart(examples, texts: list[str], meteor_too: bool) -> dict:
+    # generate_input_dart.py writes no reference line for an entry without text, so its hypothesis is not scored
+    scored = [(ex, text) for ex, text in zip(examples, texts) if any(ex.references)]
+    return dart_scores([text for _, text in scored], [ex.references for ex, _ in scored], meteor_too)
+
+
+# Per dataset: its scores of (examples, texts, with the metrics that need Java or not), the paper's table of them,
+# and the paper's metrics never computed here, with why. Datasets not listed (E2E, JSONL) get E2E's five.
+SCORING = {"webnlg": (_webnlg, format_webnlg, None), "dart": (_dart, format_dart, NOT_COMPUTED)}
+E2E_SCORING = (_e2e, format_scores, None)
+
+
+def score(dataset: str, examples, texts: list[str], coco: bool) -> tuple[dict, str | None]:
+    """The paper's metrics (Table 2): E2E's five; WebNLG's BLEU, METEOR and TER on seen, unseen and all
+    categories as the WebNLG challenge's scripts compute them, keyed by category; DART's BLEU, METEOR and TER as
+    the DART repository's scripts compute them; and why some are missing (None when none is)."""
+    scorer, _, not_computed = SCORING.get(dataset, E2E_SCORING)
     try:
-        if coco:
-            scores |= coco_scores(texts, references)
-    except UserError as e:  # METEOR, ROUGE-L and CIDEr are an optional extra
-        return scores, str(e)
-    return scores, None
+        scores, missing = scorer(examples, texts, coco), None
+    except UserError as e:  # METEOR (and E2E's ROUGE-L and CIDEr) is an optional extra
+        scores, missing = scorer(examples, texts, False), str(e)
+    return scores, "; ".join(reason for reason in (not_computed, missing) if reason) or None
 
 
 def report(dataset: str, scores: dict, missing: str | None) -> str:
-    table = format_webnlg(scores) if dataset == "webnlg" else format_scores(scores)
+    table = SCORING.get(dataset, E2E_SCORING)[1](scores)
     return table + (f"\n({missing})" if missing else "")
 
 
