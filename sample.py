@@ -13,7 +13,9 @@ references and scores under out_dir/eval/<dataset>-<split>/.
 """
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -68,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=10, help="tables decoded together (left-padded)")
     p.add_argument("--output", default=None, help="write the texts here, one per line")
     p.add_argument("--coco", action=argparse.BooleanOptionalAction, default=True,
-                   help="also METEOR (E2E, WebNLG), ROUGE-L and CIDEr (E2E) (needs pycocoevalcap and Java)")
+                   help="also METEOR (E2E, WebNLG, DART), ROUGE-L and CIDEr (E2E) (needs pycocoevalcap and Java)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
                    help="float32 as the authors decode (beams ranked on bfloat16 logits can differ); auto: bfloat16 "
@@ -162,27 +164,31 @@ def _dart(examples, texts: list[str], meteor_too: bool) -> dict:
     return dart_scores([text for _, text in scored], [ex.references for ex, _ in scored], meteor_too)
 
 
-# Per dataset: its scores of (examples, texts, with the metrics that need Java or not), the paper's table of them,
-# and the paper's metrics never computed here, with why. Datasets not listed (E2E, JSONL) get E2E's five.
-SCORING = {"webnlg": (_webnlg, format_webnlg, None), "dart": (_dart, format_dart, NOT_COMPUTED)}
-E2E_SCORING = (_e2e, format_scores, None)
+class Scoring(NamedTuple):
+    """How --split scores a dataset."""
+    scores: Callable[[list, list[str], bool], dict]  # of (examples, texts, with the metrics that need Java or not)
+    table: Callable[[dict], str]                     # the paper's table of those scores
+    not_computed: str | None = None                  # the paper's metrics never computed here, and why
+
+
+SCORING = {"webnlg": Scoring(_webnlg, format_webnlg), "dart": Scoring(_dart, format_dart, NOT_COMPUTED)}
+E2E_SCORING = Scoring(_e2e, format_scores)  # E2E's five metrics, for every dataset not in SCORING (E2E, JSONL)
 
 
 def score(dataset: str, examples, texts: list[str], coco: bool) -> tuple[dict, str | None]:
     """The paper's metrics (Table 2): E2E's five; WebNLG's BLEU, METEOR and TER on seen, unseen and all
     categories as the WebNLG challenge's scripts compute them, keyed by category; DART's BLEU, METEOR and TER as
     the DART repository's scripts compute them; and why some are missing (None when none is)."""
-    scorer, _, not_computed = SCORING.get(dataset, E2E_SCORING)
+    scoring = SCORING.get(dataset, E2E_SCORING)
     try:
-        scores, missing = scorer(examples, texts, coco), None
+        scores, missing = scoring.scores(examples, texts, coco), None
     except UserError as e:  # METEOR (and E2E's ROUGE-L and CIDEr) is an optional extra
-        scores, missing = scorer(examples, texts, False), str(e)
-    return scores, "; ".join(reason for reason in (not_computed, missing) if reason) or None
+        scores, missing = scoring.scores(examples, texts, False), str(e)
+    return scores, "; ".join(reason for reason in (scoring.not_computed, missing) if reason) or None
 
 
 def report(dataset: str, scores: dict, missing: str | None) -> str:
-    table = SCORING.get(dataset, E2E_SCORING)[1](scores)
-    return table + (f"\n({missing})" if missing else "")
+    return SCORING.get(dataset, E2E_SCORING).table(scores) + (f"\n({missing})" if missing else "")
 
 
 def write_evaluation(folder: Path, examples, texts: list[str], scores: dict, missing: str | None,

@@ -104,6 +104,19 @@ def test_format_dart_in_the_papers_columns():
                                                             ["46.4", "0.38", "0.46", "-", "-", "-"]]
 
 
+def test_sample_scores_without_java_and_skips_an_entry_without_text(dart_test, monkeypatch):
+    """No Java: BLEU and TER, and both reasons. An entry with no text has no reference line, so it is not scored."""
+    import sample
+    from data import Example
+    from metrics import coco
+    monkeypatch.setattr(coco.shutil, "which", lambda name: None)
+    examples = [*dart_test[:20], Example("Mars Hill College : joined : 1973", ())]
+    texts = [ex.references[0] for ex in dart_test[:20]] + ["not scored"]
+    scores, missing = sample.score("dart", examples, texts, coco=True)
+    assert scores == {"BLEU": pytest.approx(100), "TER": pytest.approx(0)}
+    assert missing.startswith(f"{NOT_COMPUTED}; METEOR needs Java")
+
+
 def test_sample_prints_the_dart_columns_and_says_which_are_not_computed(tiny_gpt2, dart_dir, tmp_path):
     """A prefix trained 2 iterations on 20 dev triple sets (the train split is not here), then decoded on 8 test
     entries: the paper's six columns, the three neural ones not computed, and why in scores.json too."""
