@@ -41,14 +41,20 @@ def ascii_fold(text: str) -> str:
     return "".join(c for c in decomposed if c.isascii())
 
 
+def split_at_non_words(text: str) -> str:
+    """Each non-word character a token of its own (re.split(r"(\\W)")), whitespace collapsed: `Five-O's` ->
+    `Five - O ' s`."""
+    return " ".join(" ".join(re.split(r"(\W)", text)).split())
+
+
 def reference_text(text: str) -> str:
     """A reference as the challenge's reference files hold it."""
-    return ascii_fold(" ".join(" ".join(re.split(r"(\W)", text)).split()).lower())
+    return ascii_fold(split_at_non_words(text).lower())
 
 
 def hypothesis_text(text: str) -> str:
     """A generated text as the challenge's scripts rewrite a submission line."""
-    return " ".join(" ".join(re.split(r"(\W)", ascii_fold(ascii_fold(text.strip()).lower()))).split())
+    return split_at_non_words(ascii_fold(ascii_fold(text.strip()).lower()))
 
 
 def webnlg_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
@@ -66,11 +72,19 @@ def webnlg_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
 def format_webnlg(scores: dict[str, dict[str, float]]) -> str:
     """A table of the paper's WebNLG columns (BLEU, METEOR, TER), one row per category subset; '-' where a
     metric is missing."""
-    lines = [f"{'':8}{'BLEU':>7}{'METEOR':>8}{'TER':>7}"]
-    for subset, values in scores.items():
-        cells = [f"{values['BLEU']:>7.1f}"] + [f"{values[name]:>{width}.2f}" if name in values else f"{'-':>{width}}"
-                                               for name, width in (("METEOR", 8), ("TER", 7))]
-        lines.append(f"{subset:8}{''.join(cells)}")
+    return format_rows(scores, {"BLEU": ("BLEU", 1), "METEOR": ("METEOR", 2), "TER": ("TER", 2)})
+
+
+def format_rows(rows: dict[str, dict[str, float]], columns: dict[str, tuple[str, int]]) -> str:
+    """A line of column headers, then one line per row: its name, then each metric (columns: metric -> (header,
+    decimals)) right-aligned, '-' where the row lacks it."""
+    label = max(map(len, rows), default=0)
+    widths = {metric: max(7, len(header) + 2) for metric, (header, _) in columns.items()}
+    lines = [" " * label + "".join(f"{header:>{widths[metric]}}" for metric, (header, _) in columns.items())]
+    for name, values in rows.items():
+        cells = [f"{values[metric]:>{widths[metric]}.{decimals}f}" if metric in values else f"{'-':>{widths[metric]}}"
+                 for metric, (_, decimals) in columns.items()]
+        lines.append(f"{name:{label}}" + "".join(cells))
     return "\n".join(lines)
 
 
