@@ -320,19 +320,19 @@ class Meter:
         self.tokens, self.targets = 0, 0  # over all processes
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # checked where the loop talks, not every step
         self.window_it, self.window_tokens, self.window_time = it, 0, self.started
-        self.next_loss, self.next_token_loss, self.next_targets = 0.0, 0.0, 0  # the iteration being summed
+        self.running_loss, self.running_token_loss, self.running_targets = 0.0, 0.0, 0  # the iteration being summed
 
     def add(self, loss: torch.Tensor, token_mean: torch.Tensor, n_targets: int, tokens: int) -> None:
         """A micro-batch of this process: its share of the objective, and its mean loss over n_targets tokens."""
-        self.next_loss = self.next_loss + loss.detach()
-        self.next_token_loss = self.next_token_loss + token_mean.detach() * n_targets
-        self.next_targets, self.tokens = self.next_targets + n_targets, self.tokens + tokens * self.world
+        self.running_loss = self.running_loss + loss.detach()
+        self.running_token_loss = self.running_token_loss + token_mean.detach() * n_targets
+        self.running_targets, self.tokens = self.running_targets + n_targets, self.tokens + tokens * self.world
 
     def step(self, grad_norm: torch.Tensor) -> None:
         """The iteration's gradient is in: its figures kept for the next progress line, the sums started afresh."""
-        self.loss, self.token_loss, self.n_targets, self.grad_norm = (self.next_loss, self.next_token_loss,
-                                                                      self.next_targets, grad_norm)
-        self.next_loss, self.next_token_loss, self.next_targets = 0.0, 0.0, 0
+        self.loss, self.token_loss, self.n_targets, self.grad_norm = (self.running_loss, self.running_token_loss,
+                                                                      self.running_targets, grad_norm)
+        self.running_loss, self.running_token_loss, self.running_targets = 0.0, 0.0, 0
         self.targets += self.n_targets * self.world
         self.finite &= torch.isfinite(self.loss) & torch.isfinite(grad_norm)
 
