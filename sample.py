@@ -13,9 +13,7 @@ references and scores under out_dir/eval/<dataset>-<split>/.
 """
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -24,9 +22,8 @@ from common import UserError, atomic_path, exit_on_user_error
 from common.cli import ArgumentParser, autocast, check_ranges, pick_device, pick_dtype
 from common.memory import reuse_freed_memory
 from common.progress import Progress
-from data import DATASETS, SPLITS, TEXT_FORMS, category_subset, check_text_form, load_examples, prompt_ids
-from metrics import dart_scores, e2e_scores, format_dart, format_scores, format_webnlg, webnlg_scores
-from metrics.dart import NOT_COMPUTED
+from data import DATASETS, SPLITS, TEXT_FORMS, check_text_form, load_examples, prompt_ids
+from metrics import score_split, scores_table
 from metrics.e2e_files import hypotheses_text, one_line, read_hypotheses, references_text
 from model import GPT
 from model.cpu_kernels import use_cpu_kernels
@@ -147,50 +144,6 @@ def as_the_authors_decode(text: str) -> str:
     return text.strip() or "Error"
 
 
-def _e2e(examples, texts: list[str], coco: bool) -> dict:
-    return e2e_scores(texts, [ex.references for ex in examples], coco)
-
-
-def _webnlg(examples, texts: list[str], meteor_too: bool) -> dict:
-    text_of = dict(zip(examples, texts))  # equal examples (same table and references) decode alike
-    groups = {subset: chosen for subset in ("seen", "unseen", "all") if (chosen := category_subset(examples, subset))}
-    return {subset: webnlg_scores([text_of[ex] for ex in chosen], [ex.references for ex in chosen], meteor_too)
-            for subset, chosen in groups.items()}
-
-
-def _dart(examples, texts: list[str], meteor_too: bool) -> dict:
-    # generate_input_dart.py writes no reference line for an entry without text, so its hypothesis is not scored
-    scored = [(ex, text) for ex, text in zip(examples, texts) if any(ex.references)]
-    return dart_scores([text for _, text in scored], [ex.references for ex, _ in scored], meteor_too)
-
-
-class Scoring(NamedTuple):
-    """How --split scores a dataset."""
-    scores: Callable[[list, list[str], bool], dict]  # of (examples, texts, with the metrics that need Java or not)
-    table: Callable[[dict], str]                     # the paper's table of those scores
-    not_computed: str | None = None                  # the paper's metrics never computed here, and why
-
-
-SCORING = {"webnlg": Scoring(_webnlg, format_webnlg), "dart": Scoring(_dart, format_dart, NOT_COMPUTED)}
-E2E_SCORING = Scoring(_e2e, format_scores)  # E2E's five metrics, for every dataset not in SCORING (E2E, JSONL)
-
-
-def score(dataset: str, examples, texts: list[str], coco: bool) -> tuple[dict, str | None]:
-    """The paper's metrics (Table 2): E2E's five; WebNLG's BLEU, METEOR and TER on seen, unseen and all
-    categories as the WebNLG challenge's scripts compute them, keyed by category; DART's BLEU, METEOR and TER as
-    the DART repository's scripts compute them; and why some are missing (None when none is)."""
-    scoring = SCORING.get(dataset, E2E_SCORING)
-    try:
-        scores, missing = scoring.scores(examples, texts, coco), None
-    except UserError as e:  # METEOR (and E2E's ROUGE-L and CIDEr) is an optional extra
-        scores, missing = scoring.scores(examples, texts, False), str(e)
-    return scores, "; ".join(reason for reason in (scoring.not_computed, missing) if reason) or None
-
-
-def report(dataset: str, scores: dict, missing: str | None) -> str:
-    return SCORING.get(dataset, E2E_SCORING).table(scores) + (f"\n({missing})" if missing else "")
-
-
 def write_evaluation(folder: Path, examples, texts: list[str], scores: dict, missing: str | None,
                      settings: dict) -> None:
     """The split's evaluation, reusable: tables.txt and hypotheses.txt (line i for table i), references.txt (the
@@ -248,8 +201,8 @@ def main(argv=None):
         for table, text in zip(tables, texts):
             print(f"{table}\n  -> {text}")
         return
-    scores, missing = score(dataset, examples, texts, args.coco)
-    print(report(dataset, scores, missing))
+    scores, missing = score_split(dataset, examples, texts, args.coco)
+    print(scores_table(dataset, scores, missing))
     folder = Path(args.out_dir) / "eval" / f"{dataset}-{args.split}"
     write_evaluation(folder, examples, texts, scores, missing, {"dataset": dataset, "split": args.split, **made})
     print(f"texts, references and scores in {folder}")

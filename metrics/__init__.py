@@ -1,32 +1,16 @@
 """Scores for generated table-to-text: the E2E challenge's five metrics, the WebNLG challenge's three, and the
-DART repository's three.
+DART repository's three; and each data set's protocol (splits.py), what sample.py --split runs.
 
-Every function takes one hypothesis per table and all of that table's references, and reports on the
+Every scorer takes one hypothesis per table and all of that table's references, and reports on the
 Prefix-Tuning paper's scales: BLEU, METEOR and ROUGE-L in percent (70.3, 46.3, 72.1), NIST and CIDEr as their
 definitions give them (8.82, 2.46).
 """
-from collections.abc import Sequence
-
 from metrics.coco import coco_scores
 from metrics.dart import dart_scores, format_dart
+from metrics.e2e import e2e_scores, format_scores
 from metrics.mteval import bleu, nist
+from metrics.splits import score_split, scores_table
 from metrics.webnlg import format_webnlg, webnlg_scores
 
 __all__ = ["e2e_scores", "bleu", "nist", "coco_scores", "format_scores", "webnlg_scores", "format_webnlg",
-           "dart_scores", "format_dart"]
-
-DECIMALS = {"BLEU": 1, "NIST": 2, "METEOR": 1, "ROUGE-L": 1, "CIDEr": 2}  # the paper's columns, as it prints them
-
-
-def e2e_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], coco: bool = True) -> dict[str, float]:
-    """BLEU, NIST and (unless coco=False, which needs neither pycocoevalcap nor Java) METEOR, ROUGE-L, CIDEr."""
-    extra = coco_scores(hypotheses, references) if coco else {}  # first: it is the part that can be missing
-    return {"BLEU": bleu(hypotheses, references), "NIST": nist(hypotheses, references)} | extra
-
-
-def format_scores(scores: dict[str, float]) -> str:
-    """A header line and a value line in the paper's column order; a metric missing from `scores` shows '-'."""
-    header = "  ".join(f"{name:>7}" for name in DECIMALS)
-    values = "  ".join(f"{scores[name]:>7.{decimals}f}" if name in scores else f"{'-':>7}"
-                       for name, decimals in DECIMALS.items())
-    return f"{header}\n{values}"
+           "dart_scores", "format_dart", "score_split", "scores_table"]

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from common.errors import UserError
+from metrics import score_split
 from metrics.dart import NOT_COMPUTED, dart_scores, dart_text, format_dart, reference_lines
 
 
@@ -104,15 +105,14 @@ def test_format_dart_in_the_papers_columns():
                                                             ["46.4", "0.38", "0.46", "-", "-", "-"]]
 
 
-def test_sample_scores_without_java_and_skips_an_entry_without_text(dart_test, monkeypatch):
+def test_a_split_scores_without_java_and_skips_an_entry_without_text(dart_test, monkeypatch):
     """No Java: BLEU and TER, and both reasons. An entry with no text has no reference line, so it is not scored."""
-    import sample
     from data import Example
     from metrics import coco
     monkeypatch.setattr(coco.shutil, "which", lambda name: None)
     examples = [*dart_test[:20], Example("Mars Hill College : joined : 1973", ())]
     texts = [ex.references[0] for ex in dart_test[:20]] + ["not scored"]
-    scores, missing = sample.score("dart", examples, texts, coco=True)
+    scores, missing = score_split("dart", examples, texts, coco=True)
     assert scores == {"BLEU": pytest.approx(100), "TER": pytest.approx(0)}
     assert missing.startswith(f"{NOT_COMPUTED}; METEOR needs Java")
 

@@ -8,8 +8,8 @@ import train
 from conftest import run_main
 from data import load_examples, tokenized_split
 from data.e2e_authors import authors_text
-from metrics import e2e_scores
-from sample import as_the_authors_decode, report, score
+from metrics import e2e_scores, score_split, scores_table
+from sample import as_the_authors_decode
 
 AUTHORS_FILES = {"dev": "src1_valid.txt", "test": "src1_test.txt"}
 
@@ -90,7 +90,7 @@ def test_scoring_against_the_authors_references(e2e_dir):
     texts = [as_the_authors_decode(ex.references[0]) for ex in authors]
     assert e2e_scores(texts, [ex.references for ex in authors], coco=False)["BLEU"] > 99  # measured 99.3
     assert e2e_scores(texts, [ex.references for ex in official], coco=False)["BLEU"] < 96  # measured 94.9
-    assert float(report("e2e", *score("e2e", authors, texts, coco=False)).split("\n")[1].split()[0]) > 99
+    assert float(scores_table("e2e", *score_split("e2e", authors, texts, coco=False)).split("\n")[1].split()[0]) > 99
 
 
 def test_train_and_sample_with_the_authors_text(tiny_gpt2, e2e_dir, tmp_path):
