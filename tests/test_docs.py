@@ -1,5 +1,8 @@
 """README and docs/ link to each other by relative paths: every one names a file that exists, and an anchor a
 heading of that page has."""
+import importlib
+import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,30 @@ def test_a_missing_file_and_a_wrong_anchor_are_found(tmp_path):
     assert relative_links(page) == ["#a-samplepy-section", "missing.md", "#nowhere", "other.md#other",
                                     "other.md#title"]
     assert broken_links(page) == ["missing.md", "#nowhere", "other.md#title"]
+
+
+def equation_table_references() -> list[tuple[str, str]]:
+    """(file, name) for every name README's equation table gives after a `file.py`: in its code column."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| the paper | the code |")
+    references = []
+    for row in itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]):
+        code = row.rsplit(" | ", 1)[1]
+        for file, names in re.findall(r"`([\w/]+\.py)`:(.*?)(?=`[\w/]+\.py`:|$)", code):
+            references += [(file, name) for name in re.findall(r"`([A-Za-z_][\w.]*)`", names)]
+    return references
+
+
+def test_every_name_in_the_equation_table_is_defined_in_the_file_it_names():
+    references = equation_table_references()
+    assert ("train.py", "objective") in references and ("prefix/tuning.py", "PrefixTuning.activations") in references
+    missing = []
+    for file, name in references:
+        module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+        owner, *attributes = name.split(".")
+        target = module.__dict__.get(owner)
+        for attribute in attributes:
+            target = getattr(target, attribute, None)
+        if target is None or getattr(target, "__module__", module.__name__) != module.__name__:
+            missing.append(f"{file}: {name}")
+    assert missing == []
